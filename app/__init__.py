@@ -1,0 +1,70 @@
+"""heatreplay: live and replay heatmaps for moving fleets."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, send_from_directory
+from flask_sock import Sock
+
+from app.settings import Settings, load_settings
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+sock = Sock()
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
+    """App factory: wires settings, services, blueprints and the web UI; nothing else."""
+    from app.errors import register_error_handlers
+    from app.ingest import bp as ingest_bp
+    from app.live_api import bp as live_bp
+    from app.ops import bp as ops_bp
+    from app.services import Services
+
+    settings = settings or load_settings()
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SOCK_SERVER_OPTIONS={"ping_interval": 20},
+    )
+    if test_config:
+        app.config.update(test_config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    services = Services(settings)
+    app.extensions["heatreplay"] = services
+    atexit.register(services.close)
+
+    register_error_handlers(app)
+    sock.init_app(app)
+    for bp in (ingest_bp, live_bp, ops_bp):
+        app.register_blueprint(bp)
+    _register_optional(app)
+
+    @app.get("/")
+    def index() -> Any:
+        return send_from_directory(WEB_DIR, "index.html")
+
+    @app.get("/<path:name>")
+    def web_file(name: str) -> Any:
+        return send_from_directory(WEB_DIR, name)
+
+    return app
+
+
+def _register_optional(app: Flask) -> None:
+    """Blueprints of areas that may not exist yet in a given checkout."""
+    import importlib
+
+    for module in ("app.replay_api", "app.analytics_api"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.register_blueprint(mod.bp)

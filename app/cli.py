@@ -1,0 +1,157 @@
+"""The `heatreplay` command: one subcommand per pipeline stage, plus `up` and `token`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from datetime import timedelta
+
+import click
+
+from app.settings import Settings, SettingsError, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def parse_duration(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
+    value, unit = float(match.group(1)), match.group(2)
+    return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@click.group()
+def main() -> None:
+    """heatreplay: live and replay heatmaps for moving fleets."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@main.command()
+@click.option("--no-simulate", is_flag=True, help="Do not start the simulator.")
+@click.option("--drivers", default=300, show_default=True, help="Simulated drivers.")
+@click.option("--backfill", default=None, help="Fill this much past history first, e.g. 24h.")
+def up(no_simulate: bool, drivers: int, backfill: str | None) -> None:
+    """Migrate, start what is missing, run everything, print the URL; Ctrl-C stops."""
+    from app.up import SetupError, run_up
+
+    if backfill:
+        parse_duration(backfill)
+    try:
+        code = run_up(_settings(), simulate=not no_simulate, drivers=drivers, backfill=backfill)
+    except SetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database if needed and run Alembic migrations to head."""
+    from app.up import SetupError, prepare
+
+    try:
+        prepare(_settings())
+    except SetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("database is at head")
+
+
+@main.command("live-worker")
+def live_worker() -> None:
+    """Consume pings into the live heat counters in Redis."""
+    from app.live_worker import run_live_worker
+
+    run_live_worker(_settings(), _stop_on_signals())
+
+
+@main.command()
+def sink() -> None:
+    """Consume pings into PostGIS (exactly once)."""
+    from app.postgis_sink import run_sink
+
+    run_sink(_settings(), _stop_on_signals())
+
+
+@main.command()
+@click.option("--workers", type=int, default=None)
+@click.option("--threads", type=int, default=None)
+def web(workers: int | None, threads: int | None) -> None:
+    """Serve the API, sockets and UI with gunicorn (gthread)."""
+    settings = _settings()
+    argv = [
+        sys.executable, "-m", "gunicorn", "app.wsgi:app",
+        "--worker-class", "gthread",
+        "--workers", str(workers or settings.web_workers),
+        "--threads", str(threads or settings.web_threads),
+        "--bind", f"{settings.web_host}:{settings.web_port}",
+        "--graceful-timeout", "10",
+        "--timeout", "120",
+        "--access-logfile", "-",
+    ]
+    os.execv(sys.executable, argv)
+
+
+@main.command()
+@click.option("--role", type=click.Choice(["viewer", "ingest"]), required=True)
+@click.option("--ttl", default="12h", show_default=True, help="Lifetime, e.g. 30m, 12h, 7d.")
+def token(role: str, ttl: str) -> None:
+    """Print a signed JWT for ROLE."""
+    from app.auth import mint_token
+
+    click.echo(mint_token(_settings(), role, int(parse_duration(ttl).total_seconds())))
+
+
+@main.command()
+@click.option("--url", default=None, help="Base URL of the service (default from WEB_PORT).")
+@click.option("--drivers", default=300, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--backfill", default=None, help="Post this much past history first, e.g. 24h.")
+@click.option("--then-live", is_flag=True, help="After the backfill, keep posting live.")
+@click.option("--interval", default=None, type=float, help="Seconds between a driver's pings.")
+@click.option("--duration", default=None, help="Stop after this long (live mode), e.g. 10m.")
+def simulate(url: str | None, drivers: int, seed: int, backfill: str | None, then_live: bool,
+             interval: float | None, duration: str | None) -> None:
+    """Lagos drivers with a daily rhythm; --backfill 24h writes a past day fast."""
+    from app.auth import mint_token
+    from app.simulate import run_simulate
+
+    settings = _settings()
+    base = url or f"http://{settings.web_host}:{settings.web_port}"
+    kwargs: dict[str, object] = {}
+    if interval is not None:
+        kwargs["interval_s"] = interval
+    sent = run_simulate(
+        base_url=base,
+        token=mint_token(settings, "ingest"),
+        drivers=drivers,
+        seed=seed,
+        backfill=parse_duration(backfill) if backfill else None,
+        live_after_backfill=then_live or not backfill,
+        duration_s=parse_duration(duration).total_seconds() if duration else None,
+        stop_event=_stop_on_signals(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    click.echo(f"sent {sent} pings", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""PostgreSQL access: connections, the per-app pool, database creation and migrations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL is not reachable or lacks PostGIS; the message says what to do."""
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def connect(settings: Settings, autocommit: bool = False) -> psycopg.Connection:
+    return psycopg.connect(settings.database_url, autocommit=autocommit, connect_timeout=5)
+
+
+def make_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:
+    pool = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "connect_timeout": 5},
+        name="heatreplay",
+    )
+    pool.open(wait=False)
+    return pool
+
+
+def ensure_database(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Create the configured database if it does not exist (server must be up)."""
+    params = conninfo_to_dict(settings.database_url)
+    dbname = params.get("dbname") or "postgres"
+    admin = make_conninfo(settings.database_url, dbname="postgres")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+                return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL is not reachable at {_safe(settings.database_url)} ({exc}). "
+                    "Start PostgreSQL 15+ or set DATABASE_URL."
+                ) from None
+            time.sleep(0.3)
+
+
+def check_postgis(settings: Settings) -> None:
+    with connect(settings, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'"
+        ).fetchone()
+    if not row:
+        raise DatabaseUnavailable(
+            "PostGIS is not installed in this PostgreSQL server. On Debian: "
+            "`apt-get install -y postgresql-15-postgis-3` (match your server's major version)."
+        )
+
+
+def migrate(settings: Settings, revision: str = "head") -> None:
+    """Run Alembic migrations to ``revision``, then create day partitions ahead."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.attributes["database_url"] = settings.database_url
+    command.upgrade(cfg, revision)
+    if revision == "head":
+        ensure_partitions_ahead(settings)
+
+
+def ensure_partitions_ahead(settings: Settings, today: date | None = None) -> None:
+    day = today or datetime.now(UTC).date()
+    with connect(settings, autocommit=True) as conn:
+        for offset in range(-1, settings.partition_days_ahead + 1):
+            conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day + timedelta(offset),))
+
+
+def _safe(url: str) -> str:
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return make_conninfo("", **params)

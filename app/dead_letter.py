@@ -1,0 +1,58 @@
+"""Dead letters: messages a worker cannot decode go to the DLQ topic with the reason,
+the original bytes and where they came from; the worker keeps going."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from confluent_kafka import Message, Producer
+
+from app.kafka_io import BrokerUnavailable, producer_config
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters:
+    def __init__(self, settings: Settings, source: str):
+        self.settings = settings
+        self.source = source
+        self._producer: Producer | None = None
+
+    def send(self, items: Sequence[tuple[Message, str]]) -> None:
+        """Produce and wait for the broker: the caller commits offsets past these
+        messages only after this returns."""
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.settings))
+        failures: list[str] = []
+
+        def on_delivery(err: object, _msg: Message) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for msg, reason in items:
+            log.warning(
+                "dead letter topic=%s partition=%s offset=%s reason=%s",
+                msg.topic(), msg.partition(), msg.offset(), reason,
+            )
+            self._producer.produce(
+                self.settings.topic_dlq,
+                value=msg.value(),
+                key=msg.key(),
+                headers=[
+                    ("reason", reason.encode()),
+                    ("source", self.source.encode()),
+                    ("topic", (msg.topic() or "").encode()),
+                    ("partition", str(msg.partition()).encode()),
+                    ("offset", str(msg.offset()).encode()),
+                ],
+                on_delivery=on_delivery,
+            )
+        remaining = self._producer.flush(self.settings.produce_timeout_s + 2)
+        if failures or remaining:
+            raise BrokerUnavailable(f"dead-letter produce failed: {failures or remaining}")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.settings.produce_timeout_s)

@@ -1,0 +1,187 @@
+"""Thin wrappers over confluent-kafka: producer with per-request delivery accounting,
+consumer configuration, topic administration and a bounded wait for the broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge every message in time (HTTP 503)."""
+
+
+class ConsumerError(Exception):
+    """A fatal consumer error surfaced by ``msg.error()``."""
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.size": 1_000_000,
+        "batch.num.messages": 100_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "compression.type": "none",
+        # a message that cannot be delivered within this fails, so a request always ends
+        "message.timeout.ms": int(settings.produce_timeout_s * 1000),
+        # only failures call back: success is "flush() drained and no error was counted"
+        "delivery.report.only.error": True,
+        "socket.keepalive.enable": True,
+        "reconnect.backoff.max.ms": 1000,
+    }
+
+
+def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": max(500, settings.kafka_session_timeout_ms // 6),
+        "max.poll.interval.ms": 300_000,
+        "max.partition.fetch.bytes": 32 * 1024 * 1024,
+        "fetch.max.bytes": 100 * 1024 * 1024,
+        "queued.min.messages": 1_000_000,
+        "partition.assignment.strategy": "range",
+        "reconnect.backoff.max.ms": 1000,
+    }
+
+
+class PingProducer:
+    """One per process; thread-safe. ``send`` returns only when every message of the call
+    is acknowledged by the broker (acks=all), else raises BrokerUnavailable."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.topic = settings.topic_pings
+        self.broker_down = False
+        self._producer = Producer({**producer_config(settings), "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_down = True
+        log.warning("kafka producer: %s", err)
+
+    def send(self, messages: Iterable[tuple[bytes, bytes]], topic: str | None = None) -> int:
+        failures: list[KafkaError] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(err)
+
+        target = topic or self.topic
+        count = 0
+        produce = self._producer.produce
+        for key, value in messages:
+            while True:
+                try:
+                    produce(target, value, key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+            count += 1
+        remaining = self._producer.flush(self.settings.produce_timeout_s + 2.0)
+        if failures or remaining:
+            reason = failures[0].str() if failures else f"{remaining} messages unacknowledged"
+            raise BrokerUnavailable(reason)
+        self.broker_down = False
+        return count
+
+    def close(self) -> None:
+        self._producer.flush(self.settings.produce_timeout_s)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def broker_reachable(settings: Settings, timeout_s: float = 2.0) -> bool:
+    try:
+        admin(settings).list_topics(timeout=timeout_s)
+        return True
+    except KafkaException:
+        return False
+
+
+def wait_for_broker(settings: Settings, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if broker_reachable(settings, timeout_s=min(2.0, max(0.2, deadline - time.monotonic()))):
+            return
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailable(f"no Kafka broker answered at {settings.kafka_bootstrap}")
+        time.sleep(0.2)
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> None:
+    """Create the pings and dead-letter topics if missing (idempotent)."""
+    client = admin(settings)
+    wanted = list(topics or (settings.topic_pings, settings.topic_dlq))
+    existing = client.list_topics(timeout=10).topics
+    new = [
+        NewTopic(
+            name,
+            num_partitions=settings.topic_partitions if name == settings.topic_pings else 1,
+            replication_factor=1,
+            config={"retention.ms": str(settings.topic_retention_ms)},
+        )
+        for name in wanted
+        if name not in existing
+    ]
+    if not new:
+        return
+    for name, future in client.create_topics(new, operation_timeout=10).items():
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            log.debug("topic %s already exists", name)
+    # metadata of a new topic can lag its creation by a moment
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if all(name in client.list_topics(timeout=5).topics for name in wanted):
+            return
+        time.sleep(0.1)
+
+
+def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    client = admin(settings)
+    for future in client.delete_topics(list(names), operation_timeout=10).values():
+        try:
+            future.result(timeout=15)
+        except KafkaException:
+            pass
+
+
+def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:
+    """One poll; returns data messages, raises on fatal errors, logs and skips the
+    informational ones (partition EOF, transient transport errors)."""
+    messages = consumer.consume(num_messages=max_messages, timeout=timeout_s)
+    good: list[Message] = []
+    for msg in messages:
+        err = msg.error()
+        if err is None:
+            good.append(msg)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            continue
+        elif err.fatal():
+            raise ConsumerError(err.str())
+        else:
+            log.warning("kafka consumer: %s", err)
+    return good

@@ -1,0 +1,201 @@
+"""The ping: parsing request bodies into validated pings, and the Kafka wire form.
+
+The fast path decodes a whole body with msgspec straight into typed structs. Only when
+that fails do we walk the items one by one to say exactly which item and field is wrong
+(SPEC: all or nothing, 422 with per-item details).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+
+DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
+Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
+Speed = Annotated[float, msgspec.Meta(ge=0.0)]
+Heading = Annotated[float, msgspec.Meta(ge=0.0, lt=360.0)]
+# epoch milliseconds; the upper bound keeps datetime conversion in range (year 9999)
+EpochMs = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class PingIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A ping as a client sends it (SPEC "The ping")."""
+
+    driver_id: DriverId
+    lat: Lat
+    lon: Lon
+    ts: AwareTime | EpochMs | None = None
+    speed_kmh: Speed | None = None
+    heading: Heading | None = None
+
+
+class Ping(msgspec.Struct, omit_defaults=True):
+    """The validated ping as it travels through Kafka: ts always present, epoch ms."""
+
+    driver_id: str
+    lat: float
+    lon: float
+    ts: int
+    speed_kmh: float | None = None
+    heading: float | None = None
+
+
+class PingBatch(msgspec.Struct, forbid_unknown_fields=True):
+    pings: list[PingIn]
+
+
+@dataclass(frozen=True)
+class Problem:
+    index: int
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+class BodyError(Exception):
+    """The body is not JSON/NDJSON at all (HTTP 400)."""
+
+
+class TooManyPings(Exception):
+    """More pings than a request may carry (HTTP 413)."""
+
+
+class InvalidPings(Exception):
+    """One or more pings break the rules; nothing of the request is accepted (HTTP 422)."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(f"{len(problems)} invalid ping(s)")
+        self.problems = problems
+
+
+_list_decoder = msgspec.json.Decoder(list[PingIn])
+_one_decoder = msgspec.json.Decoder(PingIn)
+_batch_decoder = msgspec.json.Decoder(PingBatch)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+wire_decoder = msgspec.json.Decoder(Ping)
+
+_AT_PATH = re.compile(r" - at `\$(?:\[\d+\])?(?:\.pings\[\d+\])?\.?([A-Za-z_0-9]*)")
+_NAMED = re.compile(r"field `([^`]+)`")
+
+
+def to_epoch_ms(value: datetime | int) -> int:
+    if isinstance(value, datetime):
+        return (value - EPOCH) // timedelta(milliseconds=1)
+    return value
+
+
+def _field_of(message: str) -> str:
+    named = _NAMED.search(message)
+    if named:
+        return named.group(1)
+    at = _AT_PATH.search(message)
+    return at.group(1) if at and at.group(1) else "$"
+
+
+def _clean(message: str) -> str:
+    return message.split(" - at `", 1)[0]
+
+
+def parse_body(body: bytes, ndjson: bool, max_pings: int) -> list[PingIn]:
+    """Decode any SPEC body form into PingIn structs, or raise BodyError/TooManyPings/
+    InvalidPings. Range rules are checked here; time rules in ``finalize``."""
+    if ndjson:
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        if len(lines) > max_pings:
+            raise TooManyPings(len(lines))
+        try:
+            return _list_decoder.decode(b"[" + b",".join(lines) + b"]")
+        except msgspec.DecodeError:
+            items: list[Any] = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    items.append(_any_decoder.decode(line))
+                except msgspec.DecodeError as exc:
+                    raise BodyError(f"line {number}: {exc}") from None
+            return _validate_items(items)
+    stripped = body.lstrip()
+    try:
+        if stripped.startswith(b"["):
+            pings = _list_decoder.decode(body)
+        elif b'"pings"' in stripped[:4096] and stripped.startswith(b"{"):
+            pings = _batch_decoder.decode(body).pings
+        else:
+            pings = [_one_decoder.decode(body)]
+    except msgspec.ValidationError:
+        pings = _validate_items(_extract_items(body))
+    except msgspec.DecodeError as exc:
+        raise BodyError(str(exc)) from None
+    if len(pings) > max_pings:
+        raise TooManyPings(len(pings))
+    return pings
+
+
+def _extract_items(body: bytes) -> list[Any]:
+    try:
+        doc = _any_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BodyError(str(exc)) from None
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict) and "pings" in doc:
+        extra = sorted(set(doc) - {"pings"})
+        if extra:
+            raise InvalidPings([Problem(-1, extra[0], "unknown field in the envelope")])
+        if not isinstance(doc["pings"], list):
+            raise InvalidPings([Problem(-1, "pings", "must be an array of pings")])
+        return list(doc["pings"])
+    return [doc]
+
+
+def _validate_items(items: list[Any]) -> list[PingIn]:
+    pings: list[PingIn] = []
+    problems: list[Problem] = []
+    for index, item in enumerate(items):
+        try:
+            pings.append(msgspec.convert(item, PingIn))
+        except msgspec.ValidationError as exc:
+            message = str(exc)
+            problems.append(Problem(index, _field_of(message), _clean(message)))
+    if problems:
+        raise InvalidPings(problems)
+    return pings
+
+
+def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list[Ping]:
+    """Apply the time rules (missing ts = now; more than the tolerance ahead is rejected)
+    and return wire pings. Raises InvalidPings listing every offending item."""
+    out: list[Ping] = []
+    problems: list[Problem] = []
+    limit = now_ms + future_tolerance_ms
+    for index, p in enumerate(pings):
+        ts = now_ms if p.ts is None else to_epoch_ms(p.ts)
+        if ts > limit:
+            problems.append(Problem(index, "ts", "more than 5 minutes in the future"))
+            continue
+        if not (math.isfinite(p.lat) and math.isfinite(p.lon)):
+            problems.append(Problem(index, "lat", "must be finite"))
+            continue
+        out.append(Ping(p.driver_id, p.lat, p.lon, ts, p.speed_kmh, p.heading))
+    if problems:
+        raise InvalidPings(problems)
+    return out
+
+
+def encode_wire(ping: Ping) -> bytes:
+    return _encoder.encode(ping)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)

@@ -1,0 +1,72 @@
+"""Per-process handles the web app shares between requests, created lazily (after
+gunicorn forks) and closed at exit."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from flask import current_app
+from psycopg_pool import ConnectionPool
+
+from app.db import make_pool
+from app.kafka_io import PingProducer
+from app.live_counts import LiveCounts
+from app.settings import Settings
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._producer: PingProducer | None = None
+        self._redis: redis.Redis | None = None
+        self._pool: ConnectionPool | None = None
+        self._live: LiveCounts | None = None
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def producer(self) -> PingProducer:
+        if self._producer is None:
+            with self._lock:
+                if self._producer is None:
+                    self._producer = PingProducer(self.settings)
+        return self._producer
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    self._redis = redis.Redis.from_url(
+                        self.settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+                        health_check_interval=30,
+                    )
+        return self._redis
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = make_pool(self.settings)
+        return self._pool
+
+    @property
+    def live(self) -> LiveCounts:
+        if self._live is None:
+            self._live = LiveCounts(self.redis, self.settings)
+        return self._live
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+        if self._pool is not None:
+            self._pool.close()
+        if self._redis is not None:
+            self._redis.close()
+
+
+def services() -> Services:
+    return current_app.extensions["heatreplay"]  # type: ignore[no-any-return]

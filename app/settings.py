@@ -1,0 +1,155 @@
+"""One settings object, read from the environment (and an optional .env) once.
+
+Every module takes a ``Settings`` instead of reading ``os.environ`` itself, so tests can
+build one with their own topic names, Redis prefix and database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dotenv import dotenv_values
+
+DEV_SECRET = "dev-secret-change-me-never-use-in-production"
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", DEV_SECRET})
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/heatreplay"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "hr"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_pings: str = "pings"
+    topic_dlq: str = "pings.dlq"
+    topic_partitions: int = 4
+    topic_retention_ms: int = 6 * 3600 * 1000
+    group_live: str = "heatreplay-live"
+    group_sink: str = "heatreplay-sink"
+    kafka_session_timeout_ms: int = 6000
+    secret: str = DEV_SECRET
+    live_window_s: float = 30.0
+    live_fps: float = 2.0
+    max_pings_per_request: int = 10_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    future_tolerance_s: float = 300.0
+    produce_timeout_s: float = 10.0
+    sink_batch_max: int = 20_000
+    sink_batch_wait_s: float = 0.5
+    live_batch_max: int = 20_000
+    live_batch_wait_s: float = 0.2
+    partition_days_ahead: int = 2
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    web_workers: int = 2
+    web_threads: int = 64
+    token_ttl_s: int = 12 * 3600
+    jwt_leeway_s: int = 30
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def live_window_ms(self) -> int:
+        return int(self.live_window_s * 1000)
+
+    @property
+    def redis_key_prefix(self) -> str:
+        """Every live key carries the prefix as a Redis Cluster hash tag, so one Lua call
+        may touch all of them (they land in one slot)."""
+        return "{" + self.redis_prefix + "}:"
+
+    @property
+    def is_development(self) -> bool:
+        return self.env in {"development", "test"}
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> Settings:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.redis_prefix):
+            raise SettingsError("HEATREPLAY_REDIS_PREFIX must be 1-64 of A-Z a-z 0-9 _ . : -")
+        for name in ("topic_pings", "topic_dlq", "group_live", "group_sink"):
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", getattr(self, name)):
+                raise SettingsError(f"{name.upper()} is not a valid Kafka name")
+        if not 0.5 <= self.live_window_s <= 3600:
+            raise SettingsError("LIVE_WINDOW_S must be between 0.5 and 3600 seconds")
+        if not 0.1 <= self.live_fps <= 30:
+            raise SettingsError("LIVE_FPS must be between 0.1 and 30")
+        if self.topic_partitions < 1:
+            raise SettingsError("TOPIC_PARTITIONS must be >= 1")
+        if not self.is_development and self.secret in PLACEHOLDER_SECRETS:
+            raise SettingsError(
+                "HEATREPLAY_SECRET is missing or a placeholder; outside development the "
+                "service refuses to start without a real secret (e.g. `openssl rand -hex 32`)"
+            )
+        if len(self.secret) < 16 and not self.is_development:
+            raise SettingsError("HEATREPLAY_SECRET must be at least 16 characters")
+        return self
+
+
+# environment variable -> field; the README documents every one of them
+ENV_NAMES: dict[str, str] = {
+    "HEATREPLAY_ENV": "env",
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "HEATREPLAY_REDIS_PREFIX": "redis_prefix",
+    "KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "TOPIC_PINGS": "topic_pings",
+    "TOPIC_DLQ": "topic_dlq",
+    "TOPIC_PARTITIONS": "topic_partitions",
+    "TOPIC_RETENTION_MS": "topic_retention_ms",
+    "GROUP_LIVE": "group_live",
+    "GROUP_SINK": "group_sink",
+    "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
+    "HEATREPLAY_SECRET": "secret",
+    "LIVE_WINDOW_S": "live_window_s",
+    "LIVE_FPS": "live_fps",
+    "MAX_PINGS_PER_REQUEST": "max_pings_per_request",
+    "MAX_BODY_BYTES": "max_body_bytes",
+    "PRODUCE_TIMEOUT_S": "produce_timeout_s",
+    "SINK_BATCH_MAX": "sink_batch_max",
+    "SINK_BATCH_WAIT_S": "sink_batch_wait_s",
+    "LIVE_BATCH_MAX": "live_batch_max",
+    "LIVE_BATCH_WAIT_S": "live_batch_wait_s",
+    "PARTITION_DAYS_AHEAD": "partition_days_ahead",
+    "WEB_HOST": "web_host",
+    "WEB_PORT": "web_port",
+    "WEB_WORKERS": "web_workers",
+    "WEB_THREADS": "web_threads",
+    "TOKEN_TTL_S": "token_ttl_s",
+    "JWT_LEEWAY_S": "jwt_leeway_s",
+}
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from exc
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: str | None = ".env") -> Settings:
+    """Build Settings from ``environ`` (default ``os.environ``) over an optional .env file."""
+    source: dict[str, str] = {}
+    if dotenv and os.path.exists(dotenv):
+        source.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    source.update(os.environ if environ is None else environ)
+    kinds = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for env_name, attr in ENV_NAMES.items():
+        if env_name in source:
+            kind = {"int": int, "float": float}.get(str(kinds[attr]), str)
+            values[attr] = _convert(env_name, source[env_name], kind)
+    return Settings(**values).validate()

@@ -1,0 +1,169 @@
+"""The one definition of a heat frame, shared by live and replay.
+
+The heat value of a cell at time t is the number of distinct drivers whose most recent
+ping with ts in (t - W, t] lies in that cell (SPEC). Live keeps those counts in Redis
+(app.live_counts), replay computes them from PostGIS (replay.history); both hand the
+per-cell counts at one precision to ``build_frame``, which applies the view (bbox) and
+shapes the frame, so a view means exactly the same thing in both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import geohash
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_PRECISION, MAX_PRECISION = 1, 8
+
+
+class ViewError(ValueError):
+    """A view parameter (precision, bbox, time) is invalid; the message says which."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class BBox:
+    west: float
+    south: float
+    east: float
+    north: float
+
+    def intersects(self, w: float, s: float, e: float, n: float) -> bool:
+        return not (e < self.west or w > self.east or n < self.south or s > self.north)
+
+    def area_deg2(self) -> float:
+        return (self.east - self.west) * (self.north - self.south)
+
+    def as_list(self) -> list[float]:
+        return [self.west, self.south, self.east, self.north]
+
+
+@dataclass(frozen=True)
+class View:
+    precision: int
+    bbox: BBox | None = None
+
+
+def parse_precision(value: Any, default: int = 6) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        precision = int(value)
+    except (TypeError, ValueError):
+        raise ViewError("precision", "precision must be an integer 1-8") from None
+    if isinstance(value, float) and value != precision:
+        raise ViewError("precision", "precision must be an integer 1-8")
+    if not MIN_PRECISION <= precision <= MAX_PRECISION:
+        raise ViewError("precision", "precision must be an integer 1-8")
+    return precision
+
+
+def parse_bbox(value: Any) -> BBox | None:
+    """Accept "w,s,e,n" or [w, s, e, n]; None/"" means the whole world."""
+    if value is None or value == "":
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list | tuple) or len(parts) != 4:
+        raise ViewError("bbox", "bbox must be west,south,east,north")
+    try:
+        w, s, e, n = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ViewError("bbox", "bbox values must be numbers") from None
+    if not all(x == x and abs(x) != float("inf") for x in (w, s, e, n)):
+        raise ViewError("bbox", "bbox values must be finite")
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
+        raise ViewError("bbox", "bbox is outside lon [-180,180] / lat [-90,90]")
+    if w > e or s > n:
+        raise ViewError("bbox", "bbox must have west <= east and south <= north")
+    return BBox(w, s, e, n)
+
+
+def parse_view(precision: Any, bbox: Any, default_precision: int = 6) -> View:
+    return View(parse_precision(precision, default_precision), parse_bbox(bbox))
+
+
+def parse_time_ms(value: Any, field: str = "t") -> int:
+    """ISO-8601 (with offset; a bare time is taken as UTC) or epoch milliseconds."""
+    if value is None or value == "":
+        raise ViewError(field, f"{field} is required (ISO-8601 or epoch milliseconds)")
+    if isinstance(value, bool):
+        raise ViewError(field, f"{field} must be ISO-8601 or epoch milliseconds")
+    if isinstance(value, int | float):
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    text = text.replace("Z", "+00:00")
+    if "T" in text and " " in text:
+        # an unencoded '+' in a query string arrives as a space
+        text = text.replace(" ", "+")
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ViewError(field, f"{field} must be ISO-8601 or epoch milliseconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - EPOCH) // timedelta(milliseconds=1)
+
+
+def iso_ms(ms: int) -> str:
+    """Frame time text: ISO-8601 UTC with 'Z', milliseconds only when non-zero."""
+    dt = EPOCH + timedelta(milliseconds=ms)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@lru_cache(maxsize=200_000)
+def cell_bounds(cell: str) -> tuple[float, float, float, float]:
+    box = geohash.bbox(cell)
+    return box["w"], box["s"], box["e"], box["n"]
+
+
+def build_frame(
+    counts: Mapping[str, int], view: View, t_ms: int, mode: str
+) -> dict[str, Any]:
+    """Frame per SPEC: every non-zero cell intersecting the view, sorted by geohash."""
+    bbox = view.bbox
+    cells: list[list[Any]] = []
+    total = 0
+    peak = 0
+    for cell in sorted(counts):
+        value = counts[cell]
+        if value <= 0:
+            continue
+        if bbox is not None and not bbox.intersects(*cell_bounds(cell)):
+            continue
+        cells.append([cell, value])
+        total += value
+        if value > peak:
+            peak = value
+    frame: dict[str, Any] = {
+        "type": "frame",
+        "mode": mode,
+        "t": iso_ms(t_ms),
+        "precision": view.precision,
+        "cells": cells,
+        "total": total,
+        "max": peak,
+    }
+    if bbox is not None:
+        frame["bbox"] = bbox.as_list()
+    return frame
+
+
+def counts_at(precision: int, cells8: Mapping[str, int]) -> dict[str, int]:
+    """Roll precision-8 (or finer) counts up to ``precision`` (coarser = sum of children)."""
+    out: dict[str, int] = {}
+    for cell, value in cells8.items():
+        key = cell[:precision]
+        out[key] = out.get(key, 0) + value
+    return out

@@ -1,0 +1,39 @@
+// Live mode: one socket on /ws/live following the map's view.
+
+import { socketUrl, probeAuth } from './api.js';
+import { ReconnectingSocket } from './socket.js';
+
+/**
+ * @param {object} o
+ * @param {() => {precision: number, bbox: number[]}} o.getView
+ * @param {(frame: object) => void} o.onFrame
+ * @param {(state: string, detail?: string) => void} o.onState
+ * @param {(message: string) => void} o.onServerError
+ */
+export function createLive({ getView, onFrame, onState, onServerError }) {
+    const socket = new ReconnectingSocket({
+        url: () => {
+            const view = getView();
+            return socketUrl('ws/live', { precision: view.precision, bbox: view.bbox });
+        },
+        probeAuth: () => probeAuth(getView()),
+        onMessage(msg) {
+            if (msg.type === 'frame') onFrame(msg);
+            else if (msg.type === 'error') onServerError(msg.message || msg.error || 'server error');
+        },
+        onStatus(status, detail) {
+            // 'open' is the live state; 'closed' cannot happen (live always reconnects).
+            onState(status === 'open' ? 'live' : status, detail);
+        },
+    });
+
+    return {
+        start: () => socket.start(),
+        stop: () => socket.stop(),
+        /** Follow pan/zoom without reconnecting; a reconnect uses the new view anyway. */
+        setView(view) {
+            socket.send({ op: 'view', precision: view.precision, bbox: view.bbox });
+        },
+        socket,
+    };
+}

@@ -1,0 +1,379 @@
+// Replay mode: pick a range, see its activity strip and busiest hours, and play
+// history over /ws/replay with play/pause, speed, scrubbing and keyboard control.
+
+import { apiGet, socketUrl, probeAuth, AuthError } from './api.js';
+import { ReconnectingSocket, isAuthMessage } from './socket.js';
+import { createScrubber } from './scrubber.js';
+import { createTimeline, normalisePeaks } from './timeline.js';
+import {
+    parseTime, isoTime, clockParts, formatPeakLabel, formatCount,
+    toLocalInputValue, fromLocalInputValue,
+} from './time.js';
+
+export const SPEEDS = Object.freeze([1, 10, 60, 300, 600, 3600]);
+export const DEFAULT_SPEED = 60;
+export const REPLAY_STEP_S = 10; // simulated seconds between replay frames
+export const PEAK_WINDOW_S = 3600;
+export const PEAK_COUNT = 3;
+const DAY_MS = 86400e3;
+
+// Timeline bucket: the contract's 60 s unless that would give more than ~720 bars
+// (a 24 h range → 120 s), so long ranges stay one request of a few hundred points.
+const STEP_CHOICES = [60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+export function timelineStep(fromMs, toMs) {
+    const seconds = (toMs - fromMs) / 1000;
+    return STEP_CHOICES.find((s) => seconds / s <= 720) || STEP_CHOICES[STEP_CHOICES.length - 1];
+}
+
+const $ = (id) => document.getElementById(id);
+
+/**
+ * @param {object} o
+ * @param {() => {precision: number, bbox: number[]}} o.getView
+ * @param {(frame: object) => void} o.onFrame
+ * @param {(state: string, detail?: string) => void} o.onState
+ * @param {(message: string) => void} o.onServerError   brief message, stream continues
+ * @param {(err: Error) => void} o.onAuthError           a fetch came back 401/403
+ */
+export function createReplay({ getView, onFrame, onState, onServerError, onAuthError }) {
+    const els = {
+        from: $('range-from'),
+        to: $('range-to'),
+        form: $('range-form'),
+        playRange: $('play-range'),
+        peaks: $('peaks'),
+        note: $('replay-note'),
+        playPause: $('play-pause'),
+        speed: $('speed'),
+        clockDate: $('clock-date'),
+        clockTime: $('clock-time'),
+        clockZone: $('clock-zone'),
+    };
+
+    let active = false;
+    let loaded = null; // {from, to, step, points, peaks} of the strip on screen
+    let loadAbort = null;
+    let session = null;
+
+    const scrubber = createScrubber($('scrubber'), (t) => seek(t));
+    const timeline = createTimeline($('timeline'), (t) => pick(t));
+    scrubber.disable();
+
+    // Default range: the last 24 h, unless the page URL gives from/to.
+    {
+        const params = new URLSearchParams(window.location.search);
+        const now = Date.now();
+        const qFrom = parseTime(params.get('from') ?? '');
+        const qTo = parseTime(params.get('to') ?? '');
+        const to = Number.isFinite(qTo) ? qTo : now;
+        const from = Number.isFinite(qFrom) ? qFrom : to - DAY_MS;
+        els.from.value = toLocalInputValue(from);
+        els.to.value = toLocalInputValue(to);
+    }
+
+    for (const s of SPEEDS) {
+        const opt = document.createElement('option');
+        opt.value = String(s);
+        opt.textContent = `${s}×`;
+        if (s === DEFAULT_SPEED) opt.selected = true;
+        els.speed.append(opt);
+    }
+
+    function publish(detail) {
+        if (!active) return;
+        let state;
+        if (!session) state = 'idle';
+        else if (session.ended) state = 'ended';
+        else if (session.conn === 'open') state = session.paused ? 'paused' : 'replaying';
+        else state = session.conn; // connecting, reconnecting, unauthorised, error
+        onState(state, detail);
+        const playing = state === 'replaying';
+        els.playPause.textContent = playing ? '❚❚' : '▶';
+        els.playPause.setAttribute('aria-label', playing ? 'Pause' : state === 'ended' ? 'Play again' : 'Play');
+        els.playPause.title = `${els.playPause.getAttribute('aria-label')} (space)`;
+    }
+
+    function note(text) {
+        els.note.textContent = text;
+    }
+
+    function setClock(t) {
+        if (!Number.isFinite(t)) {
+            els.clockDate.textContent = '';
+            els.clockTime.textContent = '--:--:--';
+            els.clockZone.textContent = '';
+            return;
+        }
+        const c = clockParts(t);
+        els.clockDate.textContent = c.date;
+        els.clockTime.textContent = c.time;
+        els.clockZone.textContent = c.zone;
+    }
+
+    function readRange() {
+        const from = fromLocalInputValue(els.from.value);
+        const to = fromLocalInputValue(els.to.value);
+        if (!Number.isFinite(from) || !Number.isFinite(to)) return { error: 'Pick both a start and an end.' };
+        if (to <= from) return { error: 'The end must be after the start.' };
+        return { from, to };
+    }
+
+    /** Fetch the activity strip and the busiest hours for the chosen range. */
+    async function load() {
+        const range = readRange();
+        if (range.error) {
+            note(range.error);
+            return;
+        }
+        if (loadAbort) loadAbort.abort();
+        const abort = new AbortController();
+        loadAbort = abort;
+        const step = timelineStep(range.from, range.to);
+        const q = { from: isoTime(range.from), to: isoTime(range.to) };
+        note('Loading…');
+        els.peaks.replaceChildren();
+        try {
+            const [tl, pk] = await Promise.all([
+                apiGet('api/timeline', { ...q, step }, { signal: abort.signal }),
+                apiGet('api/peaks', { ...q, window: PEAK_WINDOW_S, top: PEAK_COUNT }, { signal: abort.signal }),
+            ]);
+            if (abort.signal.aborted) return;
+            const peaks = normalisePeaks(pk);
+            loaded = { ...range, step: Number(tl && tl.step) || step, points: (tl && tl.points) || [], peaks };
+            timeline.setData(loaded);
+            showPeaks(peaks);
+            const pings = loaded.points.reduce((sum, p) => sum + (Number(Array.isArray(p) ? p[1] : p.pings) || 0), 0);
+            note(pings ? `${formatCount(pings)} pings in range. Pick a busy hour, click the strip, or play the range.`
+                : 'No pings in this range.');
+        } catch (err) {
+            if (abort.signal.aborted || (err && err.name === 'AbortError')) return;
+            if (err instanceof AuthError) {
+                note('Not authorised.');
+                onAuthError(err);
+                return;
+            }
+            // Keep the strip usable for picking times even without data.
+            loaded = { ...range, step, points: [], peaks: [] };
+            timeline.setData(loaded);
+            note(`Could not load history: ${err.message}`);
+            onServerError(`Could not load history: ${err.message}`);
+        } finally {
+            if (loadAbort === abort) loadAbort = null;
+        }
+    }
+
+    function showPeaks(peaks) {
+        els.peaks.replaceChildren(...peaks.map((p, i) => {
+            const b = document.createElement('button');
+            b.type = 'button';
+            b.className = 'peak';
+            b.dataset.start = String(p.start);
+            b.dataset.end = String(p.end);
+            const rank = document.createElement('span');
+            rank.className = 'peak-rank';
+            rank.textContent = String(i + 1);
+            rank.setAttribute('aria-hidden', 'true');
+            b.append(rank, ` ${formatPeakLabel(p.start, p.end, p.pings)}`);
+            b.title = `${formatCount(p.drivers)} drivers — replay this hour`;
+            b.addEventListener('click', () => openSession(p.start, p.end));
+            return b;
+        }));
+    }
+
+    function closeSession() {
+        if (session) session.socket.stop();
+        session = null;
+        timeline.setSession(null);
+        scrubber.disable();
+    }
+
+    /** Open /ws/replay for [from, to] and play, optionally starting at startAt. */
+    function openSession(from, to, startAt = from) {
+        closeSession();
+        const s = {
+            from,
+            to,
+            step: REPLAY_STEP_S,
+            speed: Number(els.speed.value) || DEFAULT_SPEED,
+            paused: false,
+            ended: false,
+            cursor: startAt,
+            resumeAt: startAt, // where a (re)connect should continue
+            conn: 'connecting',
+        };
+        s.socket = new ReconnectingSocket({
+            url: () => {
+                const view = getView();
+                return socketUrl('ws/replay', {
+                    from: isoTime(s.from),
+                    to: isoTime(s.to),
+                    speed: s.speed,
+                    step: s.step,
+                    precision: view.precision,
+                    bbox: view.bbox,
+                });
+            },
+            probeAuth: () => probeAuth(getView()),
+            shouldReconnect: () => !s.ended,
+            onOpen: () => {
+                // A reconnect (or a start mid-range) continues where we were.
+                if (s.resumeAt > s.from) s.socket.send({ op: 'seek', t: s.resumeAt });
+                if (s.paused) s.socket.send({ op: 'pause' });
+            },
+            onMessage: (msg) => handleMessage(s, msg),
+            onStatus: (status, detail) => {
+                if (session !== s) return;
+                s.conn = status;
+                publish(detail);
+            },
+        });
+        session = s;
+        scrubber.setRange(from, to, s.step * 1000);
+        scrubber.setValue(startAt);
+        timeline.setSession({ from, to });
+        timeline.setCursor(startAt);
+        setClock(startAt);
+        s.socket.start();
+    }
+
+    function handleMessage(s, msg) {
+        if (session !== s) return;
+        if (msg.type === 'frame') {
+            const t = parseTime(msg.t);
+            if (Number.isFinite(t)) {
+                s.cursor = t;
+                s.resumeAt = t;
+                scrubber.setValue(t);
+                timeline.setCursor(t);
+                setClock(t);
+            }
+            onFrame(msg);
+        } else if (msg.type === 'end') {
+            s.ended = true;
+            s.socket.stop(); // a later play or seek reconnects
+            publish();
+        } else if (msg.type === 'error') {
+            if (!isAuthMessage(msg)) onServerError(msg.message || msg.error || 'replay error');
+        }
+    }
+
+    function togglePlay() {
+        const s = session;
+        if (!s) {
+            const range = loaded || readRange();
+            if (range.error) note(range.error);
+            else openSession(range.from, range.to);
+            return;
+        }
+        if (s.ended) {
+            openSession(s.from, s.to);
+            return;
+        }
+        if (s.conn === 'unauthorised' || s.conn === 'error') {
+            openSession(s.from, s.to, s.cursor);
+            return;
+        }
+        s.paused = !s.paused;
+        s.socket.send({ op: s.paused ? 'pause' : 'play' });
+        publish();
+    }
+
+    function seek(t) {
+        const s = session;
+        if (!s || !Number.isFinite(t)) return;
+        const target = Math.min(s.to, Math.max(s.from, Math.round(t)));
+        s.cursor = target;
+        s.resumeAt = target;
+        timeline.setCursor(target);
+        scrubber.setValue(target);
+        if (s.ended) {
+            // The server is done with this stream; start again at the new spot.
+            s.ended = false;
+            s.conn = 'connecting';
+            s.socket.start();
+            return;
+        }
+        s.socket.send({ op: 'seek', t: target }); // if not connected, the reconnect resumes there
+    }
+
+    function stepBy(direction) {
+        if (session) seek(session.cursor + direction * session.step * 1000);
+    }
+
+    function pick(t) {
+        if (session && t >= session.from && t <= session.to) {
+            seek(t);
+        } else if (loaded && t >= loaded.from && t < loaded.to) {
+            openSession(loaded.from, loaded.to, t);
+        }
+    }
+
+    els.form.addEventListener('submit', (ev) => {
+        ev.preventDefault();
+        load();
+    });
+    els.playRange.addEventListener('click', () => {
+        const range = readRange();
+        if (range.error) note(range.error);
+        else openSession(range.from, range.to);
+    });
+    els.playPause.addEventListener('click', () => togglePlay());
+    els.speed.addEventListener('change', () => {
+        const value = Number(els.speed.value);
+        if (session) {
+            session.speed = value;
+            session.socket.send({ op: 'speed', value });
+        }
+    });
+
+    // Space = play/pause, ←/→ = one replay step. Not while typing in a field.
+    const typing = (el) => el && (el.isContentEditable || el.tagName === 'SELECT' || el.tagName === 'TEXTAREA'
+        || (el.tagName === 'INPUT' && el.type !== 'range'));
+    function onKey(ev) {
+        if (!active || ev.altKey || ev.ctrlKey || ev.metaKey || typing(ev.target)) return;
+        if (ev.key === ' ' || ev.code === 'Space') {
+            ev.preventDefault(); // no page scroll, and no click on a focused button
+            if (ev.type === 'keydown' && !ev.repeat) togglePlay();
+        } else if (ev.type === 'keydown' && (ev.key === 'ArrowLeft' || ev.key === 'ArrowRight')) {
+            ev.preventDefault();
+            stepBy(ev.key === 'ArrowLeft' ? -1 : 1);
+        }
+    }
+    document.addEventListener('keydown', onKey);
+    document.addEventListener('keyup', onKey);
+
+    return {
+        start() {
+            active = true;
+            setClock(NaN);
+            publish();
+            if (!loaded) load();
+        },
+        stop() {
+            active = false;
+            closeSession();
+            if (loadAbort) loadAbort.abort();
+        },
+        /** Retry after an auth fix or error: reload the strip, reopen the stream if one was open. */
+        restart() {
+            const s = session;
+            load();
+            if (s) openSession(s.from, s.to, s.cursor);
+            else publish();
+        },
+        setView(view) {
+            if (session) session.socket.send({ op: 'view', precision: view.precision, bbox: view.bbox });
+        },
+        load,
+        openSession,
+        togglePlay,
+        seek,
+        stepBy,
+        get session() {
+            return session ? {
+                from: session.from, to: session.to, step: session.step, speed: session.speed,
+                paused: session.paused, ended: session.ended, cursor: session.cursor, conn: session.conn,
+            } : null;
+        },
+    };
+}
