@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -20,7 +21,10 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    # psycopg takes both URLs and key=value conninfo strings; SQLAlchemy only URLs
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=pool.NullPool
+    )
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():

@@ -1,0 +1,128 @@
+"""POST /api/pings against a real broker: every SPEC case, and that rejected requests
+produce nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from app import create_app
+from app.auth import mint_token
+from app.settings import Settings
+from tests.conftest import free_port, read_topic
+
+
+def ping(driver: str = "drv-0001", **extra: Any) -> dict[str, Any]:
+    return {"driver_id": driver, "lat": 6.5244, "lon": 3.3792, **extra}
+
+
+def post(client: Any, headers: dict[str, str], body: Any, content_type: str = "application/json") -> Any:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post("/api/pings", data=data, headers={**headers, "Content-Type": content_type})
+
+
+def test_every_body_form_is_accepted_and_keyed_by_driver(client, ingest_headers, settings):
+    now_ms = int(time.time() * 1000)
+    iso = "2026-11-20T17:03:21.512Z"
+    r1 = post(client, ingest_headers, ping("a", ts=iso, speed_kmh=31.5, heading=270))
+    r2 = post(client, ingest_headers, [ping("b", ts=1_763_658_201_512), ping("c")])
+    r3 = post(client, ingest_headers, {"pings": [ping("d", heading=0)]})
+    nd = "\n".join(json.dumps(p) for p in [ping("e"), ping("f", lat=-90, lon=180)]) + "\n\n"
+    r4 = post(client, ingest_headers, nd, "application/x-ndjson")
+    assert [r.status_code for r in (r1, r2, r3, r4)] == [202] * 4
+    assert [r.get_json() for r in (r1, r2, r3, r4)] == [
+        {"accepted": 1}, {"accepted": 2}, {"accepted": 1}, {"accepted": 2}
+    ]
+    messages = read_topic(settings, settings.topic_pings)
+    by_key = {m.key().decode(): json.loads(m.value()) for m in messages}
+    assert sorted(by_key) == ["a", "b", "c", "d", "e", "f"]
+    assert by_key["a"] == {"driver_id": "a", "lat": 6.5244, "lon": 3.3792,
+                           "ts": 1_795_194_201_512, "speed_kmh": 31.5, "heading": 270.0}
+    assert by_key["b"]["ts"] == 1_763_658_201_512
+    # a missing ts means "now" on the server clock
+    assert now_ms - 1000 <= by_key["c"]["ts"] <= int(time.time() * 1000)
+    assert by_key["f"]["lat"] == -90.0 and by_key["f"]["lon"] == 180.0
+    # per-driver order: one driver always lands in the same partition
+    assert len(messages) == 6
+
+
+BAD_PINGS = [
+    (ping(lat=90.5), "lat"),
+    (ping(lon=-180.01), "lon"),
+    (ping(lat="6.5"), "lat"),
+    ({"lat": 6.5, "lon": 3.3}, "driver_id"),
+    (ping(driver=""), "driver_id"),
+    (ping(driver="has space"), "driver_id"),
+    (ping(driver="x" * 65), "driver_id"),
+    (ping(speed_kmh=-1), "speed_kmh"),
+    (ping(heading=360), "heading"),
+    (ping(heading=-0.5), "heading"),
+    (ping(ts="2026-11-20T17:03:21"), "ts"),
+    (ping(ts="yesterday"), "ts"),
+    (ping(ts=int(time.time() * 1000) + 6 * 60_000), "ts"),
+    (ping(colour="red"), "colour"),
+    (ping(lat=None), "lat"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field"), BAD_PINGS)
+def test_invalid_ping_is_422_with_index_and_field(client, ingest_headers, bad, field):
+    r = post(client, ingest_headers, [ping("ok-1"), bad, ping("ok-2")])
+    assert r.status_code == 422
+    body = r.get_json()
+    assert body["error"] == "invalid_ping"
+    assert [(d["index"], d["field"]) for d in body["details"]] == [(1, field)]
+    assert body["details"][0]["message"]
+
+
+def test_rejections_produce_nothing(client, ingest_headers, settings):
+    cases = [
+        post(client, ingest_headers, [ping("a"), ping("b", lat=100), ping("c", colour=1)]),
+        post(client, ingest_headers, b"{not json"),
+        post(client, ingest_headers, b'[{"driver_id": "a", "lat": 1, "lon": 2},'),
+        post(client, ingest_headers, b'{"driver_id":"a","lat":1,"lon":2}\nnope\n',
+             "application/x-ndjson"),
+        post(client, ingest_headers, [ping(f"d{i}") for i in range(10_001)]),
+        post(client, ingest_headers, b"[" + b" " * (4 * 1024 * 1024) + b"]"),
+        post(client, ingest_headers, []),
+        post(client, ingest_headers, {"pings": [ping("a")], "extra": 1}),
+        post(client, {}, [ping("a")]),
+        post(client, {"Authorization": "Bearer " + mint_token(settings, "viewer")}, [ping("a")]),
+        post(client, {"Authorization": "Bearer not-a-jwt"}, [ping("a")]),
+    ]
+    assert [r.status_code for r in cases] == [422, 400, 400, 400, 413, 413, 422, 422, 401, 403, 401]
+    for r in cases:
+        assert r.is_json and isinstance(r.get_json()["error"], str)
+    assert cases[0].get_json()["details"] == [
+        {"index": 1, "field": "lat", "message": "Expected `float` <= 90.0"},
+        {"index": 2, "field": "colour", "message": "Object contains unknown field `colour`"},
+    ]
+    assert cases[4].get_json()["error"] == "payload_too_large"
+    assert cases[5].get_json()["error"] == "request_entity_too_large"
+    # one good request afterwards: the topic holds exactly its ping and nothing else
+    assert post(client, ingest_headers, ping("only")).status_code == 202
+    assert [m.key() for m in read_topic(settings, settings.topic_pings)] == [b"only"]
+
+
+def test_ten_thousand_pings_is_the_limit(client, ingest_headers, settings):
+    body = msgspec.json.encode([ping(f"drv-{i % 500}", ts=1_763_658_000_000 + i) for i in range(10_000)])
+    r = post(client, ingest_headers, body)
+    assert r.status_code == 202 and r.get_json() == {"accepted": 10_000}
+    assert len(read_topic(settings, settings.topic_pings)) == 10_000
+
+
+def test_broker_unavailable_is_503_with_retry_after(settings: Settings):
+    dead = settings.with_(kafka_bootstrap=f"127.0.0.1:{free_port()}", produce_timeout_s=1.0)
+    app = create_app(dead)
+    try:
+        headers = {"Authorization": f"Bearer {mint_token(dead, 'ingest')}"}
+        r = post(app.test_client(), headers, [ping("a")])
+        assert r.status_code == 503
+        assert r.get_json()["error"] == "unavailable"
+        assert int(r.headers["Retry-After"]) >= 1
+    finally:
+        app.extensions["heatreplay"].close()
