@@ -4,6 +4,7 @@ consumer configuration, topic administration and a bounded wait for the broker."
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -70,7 +71,11 @@ class PingProducer:
         self.settings = settings
         self.topic = settings.topic_pings
         self.broker_down = False
-        self._producer = Producer({**producer_config(settings), "error_cb": self._on_error})
+        self._lock = threading.Lock()
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return Producer({**producer_config(self.settings), "error_cb": self._on_error})
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -86,21 +91,33 @@ class PingProducer:
 
         target = topic or self.topic
         count = 0
-        produce = self._producer.produce
+        producer = self._producer
+        produce = producer.produce
         for key, value in messages:
             while True:
                 try:
                     produce(target, value, key, on_delivery=on_delivery)
                     break
                 except BufferError:
-                    self._producer.poll(0.05)
+                    producer.poll(0.05)
             count += 1
-        remaining = self._producer.flush(self.settings.produce_timeout_s + 2.0)
+        remaining = producer.flush(self.settings.produce_timeout_s + 2.0)
         if failures or remaining:
             reason = failures[0].str() if failures else f"{remaining} messages unacknowledged"
+            self._replace(producer)
             raise BrokerUnavailable(reason)
         self.broker_down = False
         return count
+
+    def _replace(self, failed: Producer) -> None:
+        """After a failure start afresh: an idempotent producer whose broker lost its
+        producer id (a restarted in-memory broker) never recovers, a new one does."""
+        with self._lock:
+            if self._producer is not failed:
+                return  # a concurrent request already replaced it
+            self._producer = self._new_producer()
+        failed.purge(in_queue=True, in_flight=False)
+        failed.flush(0)
 
     def close(self) -> None:
         self._producer.flush(self.settings.produce_timeout_s)
