@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
+from app import metrics
 from app.dead_letter import DeadLetters
 from app.kafka_io import consume_batch, consumer_config
 from app.live_counts import LiveCounts
@@ -68,7 +69,9 @@ class LiveWorker:
                 if bad:
                     dead.send(bad)
                     self.stats.dead_letters += len(bad)
-                self.stats.changed += live.apply(pings, now_ms=int(time.time() * 1000))
+                started = time.perf_counter()
+                changed = live.apply(pings, now_ms=int(time.time() * 1000))
+                self.stats.changed += changed
                 self.stats.batches += 1
                 self.stats.pings += len(pings)
                 offsets: dict[int, int] = {}
@@ -79,6 +82,13 @@ class LiveWorker:
                              for p, o in offsets.items()],
                     asynchronous=False,
                 )
+                metrics.incr(client, settings.redis_key_prefix, {
+                    "live_batches": 1,
+                    "live_pings": len(pings),
+                    "live_cell_changes": changed,
+                    "live_dead_letters": len(bad),
+                    "live_apply_seconds": time.perf_counter() - started,
+                })
         finally:
             consumer.close()
             dead.close()

@@ -14,7 +14,6 @@ import logging
 import struct
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -22,12 +21,15 @@ from datetime import UTC, date, datetime, timedelta
 import geohash
 import msgspec
 import psycopg
+import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from app import metrics
 from app.dead_letter import DeadLetters
 from app.kafka_io import consume_batch, consumer_config
 from app.ping import Ping, wire_decoder
 from app.settings import Settings
+from replay.rollups import write_rollups
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class PostgisSink:
     # test seam: called after the PostgreSQL commit and before the Kafka commit
     after_db_commit: Callable[[int], None] | None = None
     _days: set[date] = field(default_factory=set)
+    _redis: redis.Redis | None = None
 
     def run(self, max_batches: int | None = None) -> SinkStats:
         """Consume until ``stop`` is set (or ``max_batches`` batches were written)."""
@@ -137,6 +140,17 @@ class PostgisSink:
                 break
             batch += consume_batch(consumer, settings.sink_batch_max - len(batch), left)
         return batch
+
+    def report(self, rows: int, dead: int) -> None:
+        """Batch figures for /metrics (best effort, one pipeline per batch)."""
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+        metrics.incr(self._redis, self.settings.redis_key_prefix, {
+            "sink_batches": 1,
+            "sink_rows": rows,
+            "sink_dead_letters": dead,
+            "sink_commit_seconds": self.stats.last_commit_ms / 1000,
+        })
 
     def _on_assign(
         self, conn: psycopg.Connection, consumer: Consumer, parts: list[TopicPartition]
@@ -215,14 +229,7 @@ class PostgisSink:
             if pings:
                 with cur.copy(COPY_SQL) as copy:
                     copy.write(encode_copy(pings))
-                minutes = Counter((p.ts // 60_000, p.driver_id) for p in pings)
-                cur.executemany(
-                    "INSERT INTO ping_minutes (minute, driver_id, pings) "
-                    "VALUES (to_timestamp(%s * 60), %s, %s) "
-                    "ON CONFLICT (minute, driver_id) "
-                    "DO UPDATE SET pings = ping_minutes.pings + EXCLUDED.pings",
-                    [(m, d, n) for (m, d), n in minutes.items()],
-                )
+                write_rollups(cur, pings)
             cur.executemany(
                 "UPDATE sink_offsets SET next_offset = %s, updated_at = now() "
                 "WHERE consumer_group = %s AND topic = %s AND partition = %s",
@@ -232,6 +239,7 @@ class PostgisSink:
         self.stats.batches += 1
         self.stats.rows += len(pings)
         self.stats.last_batch_rows = len(pings)
+        self.report(len(pings), len(bad))
         if self.after_db_commit is not None:
             self.after_db_commit(len(pings))
         consumer.commit(

@@ -54,6 +54,21 @@ class Settings:
     web_threads: int = 64
     token_ttl_s: int = 12 * 3600
     jwt_leeway_s: int = 30
+    # abuse limits (each answered with a 4xx or a socket error message when exceeded)
+    max_bbox_area_deg2: float = 400.0
+    max_range_s: int = 31 * 86400
+    export_max_rows: int = 1_000_000
+    max_sockets_per_token: int = 20
+    ws_max_messages_per_s: float = 20.0
+    max_polygon_vertices: int = 10_000
+    metrics_token_required: bool = False
+    # replay
+    replay_default_speed: float = 60.0
+    replay_default_step_s: float = 10.0
+    replay_max_fps: float = 30.0
+    # individual assets (markers) at street zoom
+    markers_max: int = 500
+    markers_min_precision: int = 7
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -126,10 +141,28 @@ ENV_NAMES: dict[str, str] = {
     "WEB_THREADS": "web_threads",
     "TOKEN_TTL_S": "token_ttl_s",
     "JWT_LEEWAY_S": "jwt_leeway_s",
+    "MAX_BBOX_AREA_DEG2": "max_bbox_area_deg2",
+    "MAX_RANGE_S": "max_range_s",
+    "EXPORT_MAX_ROWS": "export_max_rows",
+    "MAX_SOCKETS_PER_TOKEN": "max_sockets_per_token",
+    "WS_MAX_MESSAGES_PER_S": "ws_max_messages_per_s",
+    "MAX_POLYGON_VERTICES": "max_polygon_vertices",
+    "METRICS_TOKEN_REQUIRED": "metrics_token_required",
+    "REPLAY_DEFAULT_SPEED": "replay_default_speed",
+    "REPLAY_DEFAULT_STEP_S": "replay_default_step_s",
+    "REPLAY_MAX_FPS": "replay_max_fps",
+    "MARKERS_MAX": "markers_max",
+    "MARKERS_MIN_PRECISION": "markers_min_precision",
 }
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
     try:
         if kind is int:
             return int(raw)
@@ -150,6 +183,6 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: str | None =
     values: dict[str, Any] = {}
     for env_name, attr in ENV_NAMES.items():
         if env_name in source:
-            kind = {"int": int, "float": float}.get(str(kinds[attr]), str)
+            kind = {"int": int, "float": float, "bool": bool}.get(str(kinds[attr]), str)
             values[attr] = _convert(env_name, source[env_name], kind)
     return Settings(**values).validate()
