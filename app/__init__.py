@@ -16,7 +16,9 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 sock = Sock()
 
 
-def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, test_config: dict[str, Any] | None = None
+) -> Flask:
     """App factory: wires settings, services, blueprints and the web UI; nothing else."""
     from app.errors import register_error_handlers
     from app.ingest import bp as ingest_bp

@@ -98,14 +98,24 @@ def web(workers: int | None, threads: int | None) -> None:
     """Serve the API, sockets and UI with gunicorn (gthread)."""
     settings = _settings()
     argv = [
-        sys.executable, "-m", "gunicorn", "app.wsgi:app",
-        "--worker-class", "gthread",
-        "--workers", str(workers or settings.web_workers),
-        "--threads", str(threads or settings.web_threads),
-        "--bind", f"{settings.web_host}:{settings.web_port}",
-        "--graceful-timeout", "10",
-        "--timeout", "120",
-        "--access-logfile", "-",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "app.wsgi:app",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers or settings.web_workers),
+        "--threads",
+        str(threads or settings.web_threads),
+        "--bind",
+        f"{settings.web_host}:{settings.web_port}",
+        "--graceful-timeout",
+        "10",
+        "--timeout",
+        "120",
+        "--access-logfile",
+        "-",
     ]
     os.execv(sys.executable, argv)
 
@@ -128,8 +138,15 @@ def token(role: str, ttl: str) -> None:
 @click.option("--then-live", is_flag=True, help="After the backfill, keep posting live.")
 @click.option("--interval", default=None, type=float, help="Seconds between a driver's pings.")
 @click.option("--duration", default=None, help="Stop after this long (live mode), e.g. 10m.")
-def simulate(url: str | None, drivers: int, seed: int, backfill: str | None, then_live: bool,
-             interval: float | None, duration: str | None) -> None:
+def simulate(
+    url: str | None,
+    drivers: int,
+    seed: int,
+    backfill: str | None,
+    then_live: bool,
+    interval: float | None,
+    duration: str | None,
+) -> None:
     """Lagos drivers with a daily rhythm; --backfill 24h writes a past day fast."""
     from app.auth import mint_token
     from app.simulate import run_simulate

@@ -34,7 +34,10 @@ class DeadLetters:
         for msg, reason in items:
             log.warning(
                 "dead letter topic=%s partition=%s offset=%s reason=%s",
-                msg.topic(), msg.partition(), msg.offset(), reason,
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                reason,
             )
             self._producer.produce(
                 self.settings.topic_dlq,

@@ -80,9 +80,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ViewError)
     def _view_error(exc: ViewError) -> Any:
-        response = jsonify(
-            {"error": "invalid_parameter", "field": exc.field, "message": str(exc)}
-        )
+        response = jsonify({"error": "invalid_parameter", "field": exc.field, "message": str(exc)})
         response.status_code = 400
         return response
 

@@ -3,6 +3,7 @@ consumer configuration, topic administration and a bounded wait for the broker."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -180,10 +181,8 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> No
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     client = admin(settings)
     for future in client.delete_topics(list(names), operation_timeout=10).values():
-        try:
+        with contextlib.suppress(KafkaException):
             future.result(timeout=15)
-        except KafkaException:
-            pass
 
 
 def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

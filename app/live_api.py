@@ -13,7 +13,7 @@ from app import sock
 from app.auth import require_role
 from app.services import services
 from app.settings import Settings
-from app.ws import authenticate, parse_message, send_json
+from app.ws import WsSession, parse_message, send_json, ws_session
 from replay.heat import View, ViewError, build_frame, parse_view
 
 bp = Blueprint("live", __name__)
@@ -34,14 +34,26 @@ def get_live() -> Any:
 
 @sock.route("/ws/live", bp=bp)
 def ws_live(ws: Any) -> None:
-    if authenticate(ws, "viewer") is None:
-        return
+    with ws_session(ws, "viewer") as session:
+        if session is not None:
+            _serve_live(session)
+
+
+def _serve_live(session: WsSession) -> None:
+    ws = session.ws
     settings: Settings = current_app.config["SETTINGS"]
     try:
         view = parse_view(request.args.get("precision"), request.args.get("bbox"))
     except ViewError as exc:
-        send_json(ws, {"type": "error", "error": "invalid_parameter", "field": exc.field,
-                       "message": str(exc)})
+        send_json(
+            ws,
+            {
+                "type": "error",
+                "error": "invalid_parameter",
+                "field": exc.field,
+                "message": str(exc),
+            },
+        )
         ws.close(reason=1008, message="invalid view")
         return
     interval = 1.0 / settings.live_fps
@@ -58,6 +70,16 @@ def ws_live(ws: Any) -> None:
                 next_at = now + interval
             raw = ws.receive(timeout=max(0.0, next_at - time.monotonic()))
             if raw is None:
+                continue
+            if not session.allow_message():
+                send_json(
+                    ws,
+                    {
+                        "type": "error",
+                        "error": "rate_limited",
+                        "message": "too many control messages",
+                    },
+                )
                 continue
             try:
                 msg = parse_message(raw)

@@ -156,9 +156,7 @@ class LiveCounts:
     def _run(self, now_ms: int, want: int, args: list[str | int]) -> tuple[int, dict[str, int]]:
         cutoff = now_ms - self.settings.live_window_ms
         changed, flat = self._script(keys=self.keys.script_keys(), args=[cutoff, want, *args])
-        cells = {
-            _text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)
-        }
+        cells = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
         return int(changed), cells
 
     def apply(self, pings: Iterable[Ping], now_ms: int) -> int:

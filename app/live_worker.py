@@ -50,8 +50,9 @@ class LiveWorker:
         try:
             while not self.stop.is_set():
                 deadline = time.monotonic() + settings.live_batch_wait_s
-                messages = consume_batch(consumer, settings.live_batch_max,
-                                         settings.live_batch_wait_s)
+                messages = consume_batch(
+                    consumer, settings.live_batch_max, settings.live_batch_wait_s
+                )
                 while messages and len(messages) < settings.live_batch_max:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -64,8 +65,11 @@ class LiveWorker:
                     continue
                 decoded = decode_batch(messages)
                 pings = [p for p in decoded if isinstance(p, Ping)]
-                bad = [(m, r) for m, r in zip(messages, decoded, strict=True)
-                       if not isinstance(r, Ping)]
+                bad = [
+                    (m, r)
+                    for m, r in zip(messages, decoded, strict=True)
+                    if not isinstance(r, Ping)
+                ]
                 if bad:
                     dead.send(bad)
                     self.stats.dead_letters += len(bad)
@@ -78,17 +82,22 @@ class LiveWorker:
                 for m in messages:
                     offsets[m.partition()] = max(offsets.get(m.partition(), 0), m.offset() + 1)
                 consumer.commit(
-                    offsets=[TopicPartition(settings.topic_pings, p, o)
-                             for p, o in offsets.items()],
+                    offsets=[
+                        TopicPartition(settings.topic_pings, p, o) for p, o in offsets.items()
+                    ],
                     asynchronous=False,
                 )
-                metrics.incr(client, settings.redis_key_prefix, {
-                    "live_batches": 1,
-                    "live_pings": len(pings),
-                    "live_cell_changes": changed,
-                    "live_dead_letters": len(bad),
-                    "live_apply_seconds": time.perf_counter() - started,
-                })
+                metrics.incr(
+                    client,
+                    settings.redis_key_prefix,
+                    {
+                        "live_batches": 1,
+                        "live_pings": len(pings),
+                        "live_cell_changes": changed,
+                        "live_dead_letters": len(bad),
+                        "live_apply_seconds": time.perf_counter() - started,
+                    },
+                )
         finally:
             consumer.close()
             dead.close()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from geoalchemy2 import Geometry
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Column,
     DateTime,
     Integer,
     MetaData,
-    REAL,
     Table,
     Text,
 )

@@ -41,7 +41,7 @@ _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _TRAILER = struct.pack("!h", -1)
 # field count, ts (len + int64 us), then EWKB point: little-endian, type|SRID flag, srid, x, y
 _ROW_START = struct.Struct("!hiq")
-_POINT = struct.Struct("!i") .pack(25) + b"\x01" + struct.pack("<II", 0x20000001, 4326)
+_POINT = struct.Struct("!i").pack(25) + b"\x01" + struct.pack("<II", 0x20000001, 4326)
 _XY = struct.Struct("<dd")
 _FLOAT4 = struct.Struct("!if")
 _NULL = struct.pack("!i", -1)
@@ -145,12 +145,16 @@ class PostgisSink:
         """Batch figures for /metrics (best effort, one pipeline per batch)."""
         if self._redis is None:
             self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
-        metrics.incr(self._redis, self.settings.redis_key_prefix, {
-            "sink_batches": 1,
-            "sink_rows": rows,
-            "sink_dead_letters": dead,
-            "sink_commit_seconds": self.stats.last_commit_ms / 1000,
-        })
+        metrics.incr(
+            self._redis,
+            self.settings.redis_key_prefix,
+            {
+                "sink_batches": 1,
+                "sink_rows": rows,
+                "sink_dead_letters": dead,
+                "sink_commit_seconds": self.stats.last_commit_ms / 1000,
+            },
+        )
 
     def _on_assign(
         self, conn: psycopg.Connection, consumer: Consumer, parts: list[TopicPartition]
@@ -172,12 +176,11 @@ class PostgisSink:
         return {int(p): int(o) for p, o in rows}
 
     def _ensure_partitions(self, conn: psycopg.Connection, pings: Sequence[Ping]) -> None:
-        days = {(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=p.ts)).date()
-                for p in pings} - self._days
+        days = {
+            (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=p.ts)).date() for p in pings
+        } - self._days
         for day in sorted(days):
-            created = conn.execute(
-                "SELECT heatreplay_ensure_day_partition(%s)", (day,)
-            ).fetchone()
+            created = conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,)).fetchone()
             conn.commit()
             if created and created[0]:
                 self.stats.partitions_created += 1

@@ -40,7 +40,9 @@ class Services:
             with self._lock:
                 if self._redis is None:
                     self._redis = redis.Redis.from_url(
-                        self.settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+                        self.settings.redis_url,
+                        socket_timeout=5,
+                        socket_connect_timeout=3,
                         health_check_interval=30,
                     )
         return self._redis

@@ -173,7 +173,9 @@ def _convert(name: str, raw: str, kind: type) -> Any:
     return raw
 
 
-def load_settings(environ: Mapping[str, str] | None = None, dotenv: str | None = ".env") -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: str | None = ".env"
+) -> Settings:
     """Build Settings from ``environ`` (default ``os.environ``) over an optional .env file."""
     source: dict[str, str] = {}
     if dotenv and os.path.exists(dotenv):

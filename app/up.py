@@ -44,8 +44,9 @@ class Supervisor:
         RUN_DIR.mkdir(exist_ok=True)
         log = RUN_DIR / f"{name}.log"
         handle = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         child = Child(name, proc, log)
         self.children.append(child)
         return child
@@ -151,8 +152,10 @@ def run_up(
         while not sup.stop.wait(0.5):
             failed = sup.reap()
             if failed is not None:
-                say(f"{failed.name} exited with code {failed.proc.returncode}; "
-                    f"see {failed.log}. Stopping.")
+                say(
+                    f"{failed.name} exited with code {failed.proc.returncode}; "
+                    f"see {failed.log}. Stopping."
+                )
                 return 1
         return 0
     finally:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import current_app, request
@@ -48,6 +51,40 @@ def authenticate(ws: Any, role: str) -> dict[str, Any] | None:
         except ConnectionClosed:
             pass
         return None
+
+
+class WsSession:
+    """One authenticated socket: its claims, and the per-socket limits (control
+    messages per second; sockets per token are counted while the session is open)."""
+
+    def __init__(self, ws: Any, claims: dict[str, Any], settings: Settings):
+        self.ws = ws
+        self.claims = claims
+        self.settings = settings
+        self._allowance = settings.ws_max_messages_per_s
+        self._last = time.monotonic()
+
+    def allow_message(self) -> bool:
+        """Token bucket: at most WS_MAX_MESSAGES_PER_S control messages per second."""
+        rate = self.settings.ws_max_messages_per_s
+        now = time.monotonic()
+        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
+        self._last = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
+
+
+@contextmanager
+def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
+    """Authenticate the socket (see ``authenticate``) and hold its place for the
+    socket's lifetime. Yields None when the socket was refused (already closed)."""
+    claims = authenticate(ws, role)
+    if claims is None:
+        yield None
+        return
+    yield WsSession(ws, claims, current_app.config["SETTINGS"])
 
 
 def parse_message(raw: str | bytes | None) -> dict[str, Any]:

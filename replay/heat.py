@@ -128,9 +128,7 @@ def cell_bounds(cell: str) -> tuple[float, float, float, float]:
     return box["w"], box["s"], box["e"], box["n"]
 
 
-def build_frame(
-    counts: Mapping[str, int], view: View, t_ms: int, mode: str
-) -> dict[str, Any]:
+def build_frame(counts: Mapping[str, int], view: View, t_ms: int, mode: str) -> dict[str, Any]:
     """Frame per SPEC: every non-zero cell intersecting the view, sorted by geohash."""
     bbox = view.bbox
     cells: list[list[Any]] = []

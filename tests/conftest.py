@@ -77,11 +77,15 @@ def database_url(base_settings: Settings) -> Iterator[str]:
     migrate(base_settings.with_(database_url=url))
     yield url
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
-def settings(base_settings: Settings, kafka_bootstrap: str, database_url: str) -> Iterator[Settings]:
+def settings(
+    base_settings: Settings, kafka_bootstrap: str, database_url: str
+) -> Iterator[Settings]:
     """Fresh topics, groups and Redis prefix for one test; tables emptied."""
     tag = uuid.uuid4().hex[:8]
     s = base_settings.with_(
@@ -103,7 +107,7 @@ def settings(base_settings: Settings, kafka_bootstrap: str, database_url: str) -
     ensure_topics(s)
     yield s
     client = redis.Redis.from_url(s.redis_url)
-    keys = LiveKeys.for_settings(s).all_keys() + [s.redis_key_prefix + "stats"]
+    keys = [*LiveKeys.for_settings(s).all_keys(), s.redis_key_prefix + "stats"]
     client.delete(*keys)
     client.close()
     delete_topics(s, [s.topic_pings, s.topic_dlq])
@@ -191,18 +195,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: floa
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
-
-
 def read_topic(settings: Settings, topic: str, timeout: float = 15) -> list[Any]:
     """Every message currently in ``topic`` (all partitions, from the beginning)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         ends: dict[int, int] = {}

@@ -20,7 +20,9 @@ def ping(driver: str = "drv-0001", **extra: Any) -> dict[str, Any]:
     return {"driver_id": driver, "lat": 6.5244, "lon": 3.3792, **extra}
 
 
-def post(client: Any, headers: dict[str, str], body: Any, content_type: str = "application/json") -> Any:
+def post(
+    client: Any, headers: dict[str, str], body: Any, content_type: str = "application/json"
+) -> Any:
     data = body if isinstance(body, bytes | str) else json.dumps(body)
     return client.post("/api/pings", data=data, headers={**headers, "Content-Type": content_type})
 
@@ -35,13 +37,22 @@ def test_every_body_form_is_accepted_and_keyed_by_driver(client, ingest_headers,
     r4 = post(client, ingest_headers, nd, "application/x-ndjson")
     assert [r.status_code for r in (r1, r2, r3, r4)] == [202] * 4
     assert [r.get_json() for r in (r1, r2, r3, r4)] == [
-        {"accepted": 1}, {"accepted": 2}, {"accepted": 1}, {"accepted": 2}
+        {"accepted": 1},
+        {"accepted": 2},
+        {"accepted": 1},
+        {"accepted": 2},
     ]
     messages = read_topic(settings, settings.topic_pings)
     by_key = {m.key().decode(): json.loads(m.value()) for m in messages}
     assert sorted(by_key) == ["a", "b", "c", "d", "e", "f"]
-    assert by_key["a"] == {"driver_id": "a", "lat": 6.5244, "lon": 3.3792,
-                           "ts": 1_795_194_201_512, "speed_kmh": 31.5, "heading": 270.0}
+    assert by_key["a"] == {
+        "driver_id": "a",
+        "lat": 6.5244,
+        "lon": 3.3792,
+        "ts": 1_795_194_201_512,
+        "speed_kmh": 31.5,
+        "heading": 270.0,
+    }
     assert by_key["b"]["ts"] == 1_763_658_201_512
     # a missing ts means "now" on the server clock
     assert now_ms - 1000 <= by_key["c"]["ts"] <= int(time.time() * 1000)
@@ -84,8 +95,12 @@ def test_rejections_produce_nothing(client, ingest_headers, settings):
         post(client, ingest_headers, [ping("a"), ping("b", lat=100), ping("c", colour=1)]),
         post(client, ingest_headers, b"{not json"),
         post(client, ingest_headers, b'[{"driver_id": "a", "lat": 1, "lon": 2},'),
-        post(client, ingest_headers, b'{"driver_id":"a","lat":1,"lon":2}\nnope\n',
-             "application/x-ndjson"),
+        post(
+            client,
+            ingest_headers,
+            b'{"driver_id":"a","lat":1,"lon":2}\nnope\n',
+            "application/x-ndjson",
+        ),
         post(client, ingest_headers, [ping(f"d{i}") for i in range(10_001)]),
         post(client, ingest_headers, b"[" + b" " * (4 * 1024 * 1024) + b"]"),
         post(client, ingest_headers, []),
@@ -109,7 +124,9 @@ def test_rejections_produce_nothing(client, ingest_headers, settings):
 
 
 def test_ten_thousand_pings_is_the_limit(client, ingest_headers, settings):
-    body = msgspec.json.encode([ping(f"drv-{i % 500}", ts=1_763_658_000_000 + i) for i in range(10_000)])
+    body = msgspec.json.encode(
+        [ping(f"drv-{i % 500}", ts=1_763_658_000_000 + i) for i in range(10_000)]
+    )
     r = post(client, ingest_headers, body)
     assert r.status_code == 202 and r.get_json() == {"accepted": 10_000}
     assert len(read_topic(settings, settings.topic_pings)) == 10_000

@@ -13,11 +13,11 @@ from app.live_worker import LiveWorker
 from app.postgis_sink import PostgisSink
 from tests.conftest import wait_until
 
-YABA = (6.5095, 3.3711)      # s14mh9nb
-YABA2 = (6.5180, 3.3790)     # s14mhfsd
-YABA3 = (6.5101, 3.3716)     # s14mh9ph
-IKEJA = (6.6018, 3.3515)     # s14ms3b6
-VI = (6.4281, 3.4219)        # s14ktf5y
+YABA = (6.5095, 3.3711)  # s14mh9nb
+YABA2 = (6.5180, 3.3790)  # s14mhfsd
+YABA3 = (6.5101, 3.3716)  # s14mh9ph
+IKEJA = (6.6018, 3.3515)  # s14ms3b6
+VI = (6.4281, 3.4219)  # s14ktf5y
 
 
 def p(driver: str, where: tuple[float, float], ts: int, **extra: float) -> dict:
@@ -34,12 +34,17 @@ def pipeline(settings, run_in_background):
     return s, live, sink
 
 
-def test_live_frames_and_history_are_exact(pipeline, client, ingest_headers, viewer_headers,
-                                           app, db):
-    s, live, sink = pipeline
+def test_live_frames_and_history_are_exact(
+    pipeline, client, ingest_headers, viewer_headers, app, db
+):
+    _s, live, sink = pipeline
     warm_ts = int(time.time() * 1000) - 120_000
-    assert client.post("/api/pings", json=p("warm", IKEJA, warm_ts),
-                       headers=ingest_headers).status_code == 202
+    assert (
+        client.post(
+            "/api/pings", json=p("warm", IKEJA, warm_ts), headers=ingest_headers
+        ).status_code
+        == 202
+    )
     wait_until(lambda: live.stats.pings >= 1 and sink.stats.rows >= 1, timeout=60)
 
     t0 = int(time.time() * 1000)
@@ -65,16 +70,33 @@ def test_live_frames_and_history_are_exact(pipeline, client, ingest_headers, vie
         f6 = live_frame(View(6), t0 + 2000)
         f7 = live_frame(View(7), t0 + 2000)
         yaba_only = live_frame(View(6, parse_bbox("3.36,6.50,3.385,6.52")), t0 + 2000)
-        later = live_frame(View(5), t0 + 4000)        # D (t0-7s) has gone quiet
-        latest = live_frame(View(6), t0 + 5500)       # and B (t0-5s) too
+        later = live_frame(View(5), t0 + 4000)  # D (t0-7s) has gone quiet
+        latest = live_frame(View(6), t0 + 5500)  # and B (t0-5s) too
 
-    iso = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")  # noqa: E731
-    assert f5 == {"type": "frame", "mode": "live", "t": iso(t0 + 2000), "precision": 5,
-                  "cells": [["s14kt", 1], ["s14mh", 3], ["s14ms", 1]], "total": 5, "max": 3}
+    def iso(ms):
+        return (
+            datetime.fromtimestamp(ms / 1000, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+    assert f5 == {
+        "type": "frame",
+        "mode": "live",
+        "t": iso(t0 + 2000),
+        "precision": 5,
+        "cells": [["s14kt", 1], ["s14mh", 3], ["s14ms", 1]],
+        "total": 5,
+        "max": 3,
+    }
     assert f6["cells"] == [["s14ktf", 1], ["s14mh9", 2], ["s14mhf", 1], ["s14ms3", 1]]
     assert (f6["total"], f6["max"]) == (5, 2)
-    assert f7["cells"] == [["s14ktf5", 1], ["s14mh9n", 1], ["s14mh9p", 1], ["s14mhfs", 1],
-                           ["s14ms3b", 1]]
+    assert f7["cells"] == [
+        ["s14ktf5", 1],
+        ["s14mh9n", 1],
+        ["s14mh9p", 1],
+        ["s14mhfs", 1],
+        ["s14ms3b", 1],
+    ]
     assert yaba_only["cells"] == [["s14mh9", 2], ["s14mhf", 1]]
     assert yaba_only["bbox"] == [3.36, 6.5, 3.385, 6.52]
     assert later["cells"] == [["s14mh", 3], ["s14ms", 1]]
@@ -89,8 +111,8 @@ def test_live_frames_and_history_are_exact(pipeline, client, ingest_headers, vie
         "ST_SRID(geom), geohash, speed_kmh, heading FROM pings ORDER BY driver_id, ts"
     ).fetchall()
     expected = sorted(
-        [("warm", warm_ts, IKEJA)] + [(q["driver_id"], q["ts"], (q["lat"], q["lon"]))
-                                      for q in first + late],
+        [("warm", warm_ts, IKEJA)]
+        + [(q["driver_id"], q["ts"], (q["lat"], q["lon"])) for q in first + late],
         key=lambda r: (r[0], r[1]),
     )
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
@@ -99,16 +121,19 @@ def test_live_frames_and_history_are_exact(pipeline, client, ingest_headers, vie
     by_driver_ts = {(r[0], r[1]): r for r in rows}
     assert by_driver_ts[("A", t0 - 8000)][5:] == ("s14mh9nb", 20.0, 10.0)
     assert by_driver_ts[("A", t0 - 4000)][5:] == ("s14ms3b6", None, None)
-    minutes = db.execute("SELECT sum(pings)::int, count(DISTINCT driver_id)::int "
-                         "FROM ping_minutes").fetchone()
+    minutes = db.execute(
+        "SELECT sum(pings)::int, count(DISTINCT driver_id)::int FROM ping_minutes"
+    ).fetchone()
     assert minutes == (9, 7)
 
 
 def test_day_partitions_are_created_for_backfill(pipeline, client, ingest_headers, db):
-    s, live, sink = pipeline
+    _s, _live, sink = pipeline
     old = datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC)
-    body = [p("old", VI, int(old.timestamp() * 1000)),
-            p("old", VI, int((old + timedelta(seconds=2)).timestamp() * 1000))]
+    body = [
+        p("old", VI, int(old.timestamp() * 1000)),
+        p("old", VI, int((old + timedelta(seconds=2)).timestamp() * 1000)),
+    ]
     assert client.post("/api/pings", json=body, headers=ingest_headers).status_code == 202
     wait_until(lambda: sink.stats.rows >= 2, timeout=60)
     parts = db.execute(
@@ -116,6 +141,8 @@ def test_day_partitions_are_created_for_backfill(pipeline, client, ingest_header
         "WHERE i.inhparent = 'pings'::regclass AND c.relname IN ('pings_20240229', 'pings_20240301')"
     ).fetchall()
     assert sorted(r[0] for r in parts) == ["pings_20240229", "pings_20240301"]
-    counts = db.execute("SELECT tableoid::regclass::text, count(*) FROM pings "
-                        "WHERE driver_id = 'old' GROUP BY 1 ORDER BY 1").fetchall()
+    counts = db.execute(
+        "SELECT tableoid::regclass::text, count(*) FROM pings "
+        "WHERE driver_id = 'old' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     assert counts == [("pings_20240229", 1), ("pings_20240301", 1)]
