@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ def create_app(
     from app.errors import register_error_handlers
     from app.ingest import bp as ingest_bp
     from app.live_api import bp as live_bp
+    from app.logging_setup import configure_logging
     from app.ops import bp as ops_bp
     from app.services import Services
 
@@ -35,7 +35,7 @@ def create_app(
     )
     if test_config:
         app.config.update(test_config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
 
     services = Services(settings)
     app.extensions["heatreplay"] = services

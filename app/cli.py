@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -40,10 +39,9 @@ def _stop_on_signals() -> threading.Event:
 @click.group()
 def main() -> None:
     """heatreplay: live and replay heatmaps for moving fleets."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from app.logging_setup import configure_logging
+
+    configure_logging()
 
 
 @main.command()
