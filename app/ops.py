@@ -1,25 +1,80 @@
-"""Operations: /healthz (open) and /metrics (Prometheus text)."""
+"""Operations: /healthz (open) and /metrics (Prometheus text).
+
+/metrics is rendered by prometheus_client from a collector that reads, at scrape time,
+the counters every process shares in Redis (app/metrics.py) and the consumer groups'
+committed offsets against the partitions' end offsets in Kafka; so any web process on
+any host answers with the same figures.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from app import metrics
+from app.auth import require_metrics_access
 from app.kafka_io import broker_reachable
-from app.services import services
+from app.services import Services, services
+from app.settings import Settings
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
+
+# counter families straight from the shared hash: (metric name, hash field, help)
+_COUNTERS = (
+    ("heatreplay_pings_accepted", "pings_accepted", "Pings acknowledged by the broker (202)."),
+    ("heatreplay_sink_batches", "sink_batches", "Batches committed to PostGIS."),
+    ("heatreplay_sink_rows", "sink_rows", "Ping rows committed to PostGIS."),
+    ("heatreplay_live_batches", "live_batches", "Batches applied to the live counts."),
+    ("heatreplay_live_pings", "live_pings", "Pings applied to the live counts."),
+    ("heatreplay_live_cell_changes", "live_cell_changes", "Live cell counter changes."),
+)
+# histogram families: (metric name, hash field, help)
+_HISTOGRAMS = (
+    ("heatreplay_sink_batch_rows", "sink_rows", "Rows per PostGIS sink batch."),
+    (
+        "heatreplay_sink_commit_seconds",
+        "sink_commit_seconds",
+        "PostGIS transaction time per sink batch (COPY + rollup + offsets).",
+    ),
+    ("heatreplay_live_batch_pings", "live_pings", "Pings per live-worker batch."),
+    (
+        "heatreplay_live_apply_seconds",
+        "live_apply_seconds",
+        "Live-worker time per batch (Lua apply + offset commit).",
+    ),
+    (
+        "heatreplay_live_frame_build_seconds",
+        "live_frame_seconds",
+        "Time to build one live frame (Redis read + frame shaping).",
+    ),
+)
 
 
-def _check(fn: Any) -> dict[str, Any]:
+def _check(fn: Callable[[], Any]) -> dict[str, Any]:
+    started = time.perf_counter()
     try:
         fn()
-        return {"ok": True}
+        result: dict[str, Any] = {"ok": True}
     except Exception as exc:
-        return {"ok": False, "error": str(exc).splitlines()[0][:200]}
+        result = {"ok": False, "error": (str(exc).splitlines() or [type(exc).__name__])[0][:200]}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
 
 
 @bp.get("/healthz")
@@ -40,18 +95,160 @@ def healthz() -> Any:
 
 
 @bp.get("/metrics")
+@require_metrics_access
 def prometheus() -> Any:
-    svc = services()
-    lines = []
-    try:
-        counts = metrics.read(svc.redis, svc.settings.redis_key_prefix)
-    except redis.RedisError:
-        counts = {}
-    lines.append("# TYPE heatreplay_pings_accepted_total counter")
-    lines.append(f"heatreplay_pings_accepted_total {counts.get('pings_accepted', 0):.0f}")
-    lines.append("# TYPE heatreplay_requests_rejected_total counter")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HeatreplayCollector(services()))
+    return Response(generate_latest(registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int  # -1: the group has committed nothing for this partition yet
+    low: int
+    high: int
+
+    @property
+    def lag(self) -> int:
+        """Messages the group has still to process. Clamped at 0: a broker whose end
+        offsets trail (the dev broker, see docs/operations.md) can report less."""
+        start = self.committed if self.committed >= 0 else self.low
+        return max(0, self.high - start)
+
+
+def consumer_lag(settings: Settings, timeout_s: float = 2.0) -> list[PartitionLag]:
+    """Committed offset vs end offset for each partition of the pings topic, for both
+    consumer groups. Reads offsets only: it never joins the groups."""
+    topic = settings.topic_pings
+    rows: list[PartitionLag] = []
+    for group in (settings.group_live, settings.group_sink):
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "socket.timeout.ms": int(timeout_s * 1000),
+            }
+        )
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if meta is None or meta.error is not None:
+                continue
+            parts = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout_s)}
+            for tp in parts:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                rows.append(
+                    PartitionLag(
+                        group, topic, tp.partition, committed.get(tp.partition, -1), low, high
+                    )
+                )
+        finally:
+            consumer.close()
+    return rows
+
+
+class HeatreplayCollector(Collector):
+    """Builds every family at scrape time; a source that cannot be read is reported by
+    ``heatreplay_metrics_source_up`` and skipped, so a scrape never fails."""
+
+    def __init__(self, svc: Services):
+        self.svc = svc
+
+    def collect(self) -> Iterator[Metric]:
+        settings = self.svc.settings
+        source_up = GaugeMetricFamily(
+            "heatreplay_metrics_source_up",
+            "1 if this scrape could read the source (redis: shared counters, kafka: lag).",
+            labels=["source"],
+        )
+        try:
+            counts = metrics.read(self.svc.redis, settings.redis_key_prefix)
+            source_up.add_metric(["redis"], 1)
+        except redis.RedisError as exc:
+            log.warning("metrics: redis unreadable: %s", exc)
+            counts = {}
+            source_up.add_metric(["redis"], 0)
+        yield from _from_counts(counts)
+        try:
+            lag = consumer_lag(settings)
+            source_up.add_metric(["kafka"], 1)
+        except KafkaException as exc:
+            log.warning("metrics: kafka offsets unreadable: %s", exc)
+            lag = []
+            source_up.add_metric(["kafka"], 0)
+        yield from _from_lag(lag)
+        yield source_up
+
+
+def _from_counts(counts: dict[str, float]) -> Iterator[Metric]:
+    for name, field, doc in _COUNTERS:
+        yield CounterMetricFamily(name, doc, value=counts.get(field, 0.0))
+
+    rejected = CounterMetricFamily(
+        "heatreplay_requests_rejected",
+        "Ingest requests refused, by reason (nothing of a refused request is produced).",
+        labels=["reason"],
+    )
+    dead = CounterMetricFamily(
+        "heatreplay_dead_letters",
+        "Undecodable messages sent to the dead-letter topic, by consumer.",
+        labels=["consumer"],
+    )
+    dead.add_metric(["sink"], counts.get("sink_dead_letters", 0.0))
+    dead.add_metric(["live"], counts.get("live_dead_letters", 0.0))
+    sockets = GaugeMetricFamily(
+        "heatreplay_websockets_open", "WebSockets open now, by kind.", labels=["kind"]
+    )
+    for kind in ("live", "replay"):
+        sockets.add_metric([kind], max(0.0, counts.get(f"sockets_open:{kind}", 0.0)))
     for key, value in sorted(counts.items()):
         if key.startswith("requests_rejected:"):
-            reason = key.split(":", 1)[1]
-            lines.append(f'heatreplay_requests_rejected_total{{reason="{reason}"}} {value:.0f}')
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+            rejected.add_metric([key.split(":", 1)[1]], value)
+        elif key.startswith("sockets_open:") and key[13:] not in ("live", "replay"):
+            sockets.add_metric([key[13:]], max(0.0, value))
+    yield rejected
+    yield dead
+    yield sockets
+
+    for name, field, doc in _HISTOGRAMS:
+        bounds = metrics.HISTOGRAMS[field]
+        cumulative = 0.0
+        buckets: list[tuple[str, float]] = []
+        for bound in bounds:
+            cumulative += counts.get(f"{field}:le={bound:g}", 0.0)
+            buckets.append((f"{bound:g}", cumulative))
+        cumulative += counts.get(f"{field}:le=+Inf", 0.0)
+        buckets.append(("+Inf", cumulative))
+        # the sum field predates the buckets: with no observation recorded, report 0
+        total = counts.get(field, 0.0) if cumulative else 0.0
+        yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+def _from_lag(rows: list[PartitionLag]) -> Iterator[Metric]:
+    labels = ["group", "topic", "partition"]
+    lag = GaugeMetricFamily(
+        "heatreplay_consumer_lag",
+        "Messages not yet processed by the group (end offset - committed offset); "
+        "approximate on the dev broker, whose end offsets trail multi-message batches.",
+        labels=labels,
+    )
+    committed = GaugeMetricFamily(
+        "heatreplay_consumer_committed_offset",
+        "The group's committed offset (-1: none yet).",
+        labels=labels,
+    )
+    end = GaugeMetricFamily(
+        "heatreplay_topic_end_offset", "The partition's end (high watermark) offset.", labels=labels
+    )
+    for row in rows:
+        key = [row.group, row.topic, str(row.partition)]
+        lag.add_metric(key, row.lag)
+        committed.add_metric(key, row.committed)
+        end.add_metric(key, row.high)
+    yield lag
+    yield committed
+    yield end

@@ -15,7 +15,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 DEV_SECRET = "dev-secret-change-me-never-use-in-production"
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "secret", DEV_SECRET})
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", DEV_SECRET})
 
 
 class SettingsError(ValueError):
@@ -61,7 +61,8 @@ class Settings:
     max_sockets_per_token: int = 20
     ws_max_messages_per_s: float = 20.0
     max_polygon_vertices: int = 10_000
-    metrics_token_required: bool = False
+    # None: a token is required outside development (see metrics_requires_token)
+    metrics_token_required: bool | None = None
     # replay
     replay_default_speed: float = 60.0
     replay_default_step_s: float = 10.0
@@ -85,6 +86,12 @@ class Settings:
     def is_development(self) -> bool:
         return self.env in {"development", "test"}
 
+    @property
+    def metrics_requires_token(self) -> bool:
+        if self.metrics_token_required is None:
+            return not self.is_development
+        return self.metrics_token_required
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
@@ -100,7 +107,16 @@ class Settings:
             raise SettingsError("LIVE_FPS must be between 0.1 and 30")
         if self.topic_partitions < 1:
             raise SettingsError("TOPIC_PARTITIONS must be >= 1")
-        if not self.is_development and self.secret in PLACEHOLDER_SECRETS:
+        for env_name in (
+            "TOKEN_TTL_S", "MAX_PINGS_PER_REQUEST", "MAX_BODY_BYTES", "MAX_BBOX_AREA_DEG2",
+            "MAX_RANGE_S", "EXPORT_MAX_ROWS", "MAX_SOCKETS_PER_TOKEN", "WS_MAX_MESSAGES_PER_S",
+            "MAX_POLYGON_VERTICES",
+        ):  # fmt: skip
+            if getattr(self, ENV_NAMES[env_name]) <= 0:
+                raise SettingsError(f"{env_name} must be positive")
+        if self.jwt_leeway_s < 0:
+            raise SettingsError("JWT_LEEWAY_S must be >= 0")
+        if not self.is_development and self.secret.strip().lower() in PLACEHOLDER_SECRETS:
             raise SettingsError(
                 "HEATREPLAY_SECRET is missing or a placeholder; outside development the "
                 "service refuses to start without a real secret (e.g. `openssl rand -hex 32`)"
@@ -185,6 +201,8 @@ def load_settings(
     values: dict[str, Any] = {}
     for env_name, attr in ENV_NAMES.items():
         if env_name in source:
-            kind = {"int": int, "float": float, "bool": bool}.get(str(kinds[attr]), str)
+            kind = {"int": int, "float": float, "bool": bool, "bool | None": bool}.get(
+                str(kinds[attr]), str
+            )
             values[attr] = _convert(env_name, source[env_name], kind)
     return Settings(**values).validate()

@@ -1,9 +1,16 @@
-"""WebSocket plumbing shared by the live and replay sockets: auth and JSON messages."""
+"""WebSocket plumbing shared by the live and replay sockets: auth, per-socket limits and
+JSON messages.
+
+Close codes (the UI stops reconnecting on 4401/4403; docs/auth.md lists them):
+4401 unauthorised (missing, bad or expired token), 4403 forbidden (wrong role),
+4429 too many sockets open with this token. Each close is preceded by a
+``{"type": "error", "error": ..., "message": ...}`` message saying why.
+"""
 
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,78 +20,133 @@ from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 
 from app.auth import check_token
 from app.errors import ApiError
+from app.limits import SLOT_LEASE_S, SocketSlots, TokenBucket, TooManySockets, token_id
+from app.services import services
 from app.settings import Settings
 
 AUTH_TIMEOUT_S = 5.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY_SOCKETS = 4429
+
+_slots_lock = threading.Lock()
 
 
 def send_json(ws: Any, message: dict[str, Any]) -> None:
     ws.send(json.dumps(message, separators=(",", ":")))
 
 
-def authenticate(ws: Any, role: str) -> dict[str, Any] | None:
-    """Token from the ``token`` query parameter, else the first message (either the bare
-    token or {"op": "auth", "token": ...}). On failure sends an error message, closes
-    with 4401/4403 and returns None."""
-    settings: Settings = current_app.config["SETTINGS"]
-    token = request.args.get("token")
+def refuse(ws: Any, code: int, error: str, message: str) -> None:
+    """Say why in an error message, then close with ``code``."""
     try:
-        if not token:
-            first = ws.receive(timeout=AUTH_TIMEOUT_S)
-            if isinstance(first, bytes):
-                first = first.decode(errors="replace")
-            if first and first.lstrip().startswith("{"):
-                try:
-                    token = json.loads(first).get("token")
-                except (ValueError, AttributeError):
-                    token = None
-            else:
-                token = (first or "").strip() or None
-        return check_token(settings, token, role)
+        send_json(ws, {"type": "error", "error": error, "message": message})
+        ws.close(reason=code, message=error)
+    except ConnectionClosed:
+        pass
+
+
+def _read_token(ws: Any) -> str | None:
+    """The ``token`` query parameter, else the first message: the bare token or
+    {"op": "auth", "token": ...}. Nothing within AUTH_TIMEOUT_S means no token."""
+    token = request.args.get("token")
+    if token:
+        return token
+    first = ws.receive(timeout=AUTH_TIMEOUT_S)
+    if isinstance(first, bytes):
+        first = first.decode(errors="replace")
+    if first and first.lstrip().startswith("{"):
+        try:
+            value = json.loads(first).get("token")
+        except (ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+    return (first or "").strip() or None
+
+
+def authenticate(ws: Any, role: str) -> tuple[dict[str, Any], str] | None:
+    """(claims, token) of an authorised socket. On failure sends an error message,
+    closes with 4401/4403 and returns None."""
+    settings: Settings = current_app.config["SETTINGS"]
+    try:
+        token = _read_token(ws)
+        return check_token(settings, token, role), token or ""
     except ApiError as exc:
         code = CLOSE_FORBIDDEN if exc.status == 403 else CLOSE_UNAUTHORIZED
-        try:
-            send_json(ws, {"type": "error", **exc.body()})
-            ws.close(reason=code, message=exc.error)
-        except ConnectionClosed:
-            pass
+        refuse(ws, code, exc.error, exc.message)
+        return None
+    except ConnectionClosed:
         return None
 
 
+def socket_slots() -> SocketSlots:
+    """This app's (this process's) sockets-per-token accounting."""
+    app = current_app
+    slots = app.extensions.get("heatreplay.socket_slots")
+    if slots is None:
+        with _slots_lock:
+            slots = app.extensions.get("heatreplay.socket_slots")
+            if slots is None:
+                settings: Settings = app.config["SETTINGS"]
+                slots = SocketSlots(
+                    services().redis,
+                    settings.redis_key_prefix,
+                    settings.max_sockets_per_token,
+                    float(app.config.get("SOCKET_SLOT_LEASE_S", SLOT_LEASE_S)),
+                )
+                app.extensions["heatreplay.socket_slots"] = slots
+    return slots  # type: ignore[no-any-return]
+
+
 class WsSession:
-    """One authenticated socket: its claims, and the per-socket limits (control
-    messages per second; sockets per token are counted while the session is open)."""
+    """One authenticated socket: its claims and its control-message budget."""
 
     def __init__(self, ws: Any, claims: dict[str, Any], settings: Settings):
         self.ws = ws
         self.claims = claims
         self.settings = settings
-        self._allowance = settings.ws_max_messages_per_s
-        self._last = time.monotonic()
+        self._bucket = TokenBucket(settings.ws_max_messages_per_s)
 
     def allow_message(self) -> bool:
-        """Token bucket: at most WS_MAX_MESSAGES_PER_S control messages per second."""
-        rate = self.settings.ws_max_messages_per_s
-        now = time.monotonic()
-        self._allowance = min(rate, self._allowance + (now - self._last) * rate)
-        self._last = now
-        if self._allowance < 1:
-            return False
-        self._allowance -= 1
-        return True
+        """Token bucket: at most WS_MAX_MESSAGES_PER_S control messages per second
+        (bursts of that many). The caller answers a refusal with ``rate_limited()``."""
+        return self._bucket.allow()
+
+    def rate_limited(self) -> None:
+        send_json(
+            self.ws,
+            {
+                "type": "error",
+                "error": "rate_limited",
+                "message": (
+                    f"more than {self.settings.ws_max_messages_per_s:g} control messages "
+                    "per second; this one was ignored"
+                ),
+            },
+        )
 
 
 @contextmanager
 def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
-    """Authenticate the socket (see ``authenticate``) and hold its place for the
-    socket's lifetime. Yields None when the socket was refused (already closed)."""
-    claims = authenticate(ws, role)
-    if claims is None:
+    """Authenticate the socket (see ``authenticate``), take one of the token's
+    MAX_SOCKETS_PER_TOKEN slots for the socket's lifetime, and give it back however
+    the handler ends. Yields None when the socket was refused (already closed)."""
+    auth = authenticate(ws, role)
+    if auth is None:
         yield None
         return
-    yield WsSession(ws, claims, current_app.config["SETTINGS"])
+    claims, token = auth
+    settings: Settings = current_app.config["SETTINGS"]
+    slots = socket_slots()
+    try:
+        slot = slots.acquire(token_id(claims, token))
+    except TooManySockets as exc:
+        refuse(ws, CLOSE_TOO_MANY_SOCKETS, "too_many_sockets", str(exc))
+        yield None
+        return
+    try:
+        yield WsSession(ws, claims, settings)
+    finally:
+        slots.release(slot)
 
 
 def parse_message(raw: str | bytes | None) -> dict[str, Any]:
