@@ -26,7 +26,8 @@ def create_app(
     from app.ops import bp as ops_bp
     from app.services import Services
 
-    settings = settings or load_settings()
+    # a Settings built in code is held to the same rules as one from the environment
+    settings = (settings or load_settings()).validate()
     app = Flask(__name__, static_folder=None)
     app.config.update(
         SETTINGS=settings,

@@ -125,7 +125,10 @@ def token(role: str, ttl: str) -> None:
     """Print a signed JWT for ROLE."""
     from app.auth import mint_token
 
-    click.echo(mint_token(_settings(), role, int(parse_duration(ttl).total_seconds())))
+    seconds = int(parse_duration(ttl).total_seconds())
+    if seconds < 1:
+        raise click.BadParameter("the lifetime must be at least 1s", param_hint="--ttl")
+    click.echo(mint_token(_settings(), role, seconds))
 
 
 @main.command()
