@@ -73,6 +73,45 @@ def migrate() -> None:
     click.echo("database is at head")
 
 
+@main.command()
+@click.option("--wait", default=60.0, show_default=True, help="Seconds to wait for the broker.")
+def topics(wait: float) -> None:
+    """Create the pings and dead-letter topics if missing (TOPIC_PARTITIONS partitions)."""
+    from app.kafka_io import BrokerUnavailable, ensure_topics, wait_for_broker
+
+    settings = _settings()
+    try:
+        wait_for_broker(settings, wait)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    ensure_topics(settings)
+    click.echo(f"topics {settings.topic_pings} and {settings.topic_dlq} exist")
+
+
+@main.command()
+@click.option("--days", type=click.IntRange(min=0), default=None, help="Default RETENTION_DAYS.")
+@click.option("--dry-run", is_flag=True, help="List what would be dropped; drop nothing.")
+@click.option("--every", default=None, help="Repeat at this interval (e.g. 1h) until stopped.")
+def retention(days: int | None, dry_run: bool, every: str | None) -> None:
+    """Drop day partitions of raw pings older than N days; rollups are kept."""
+    from app.retention import apply_retention
+
+    settings = _settings()
+    stop = _stop_on_signals()
+    while True:
+        result = apply_retention(settings, days=days, dry_run=dry_run)
+        verb = "would drop" if dry_run else "dropped"
+        if result.cutoff is None:
+            click.echo("retention: RETENTION_DAYS=0, keeping everything")
+        else:
+            click.echo(
+                f"retention: {verb} {len(result.dropped)} partition(s) before "
+                f"{result.cutoff}: {' '.join(result.dropped) or '-'}"
+            )
+        if every is None or stop.wait(parse_duration(every).total_seconds()):
+            return
+
+
 @main.command("live-worker")
 def live_worker() -> None:
     """Consume pings into the live heat counters in Redis."""

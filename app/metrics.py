@@ -1,14 +1,44 @@
 """Counters shared by every web process and worker: one Redis hash per prefix, so
-/metrics is the same whichever gunicorn worker or host answers it."""
+/metrics is the same whichever gunicorn worker or host answers it.
+
+Fields of ``{prefix}:stats``:
+
+- counters: ``pings_accepted``, ``requests_rejected:<reason>``, ``sink_batches``,
+  ``sink_rows``, ``sink_dead_letters``, ``sink_commit_seconds`` (a sum), ``live_batches``,
+  ``live_pings``, ``live_cell_changes``, ``live_dead_letters``, ``live_apply_seconds``;
+- histograms: every field named in ``HISTOGRAMS`` is also one observation per ``incr``
+  call (a worker calls ``incr`` once per batch, so ``sink_rows`` there is one batch's
+  size): the field keeps the sum and ``<name>:le=<bound>`` counts the observations that
+  fell in that bucket (not cumulative; /metrics accumulates). No separate call is needed,
+  so the workers' one pipeline per batch also records their histograms.
+
+Open WebSockets are not counted here: /metrics sums the socket leases app/limits.py
+keeps per token, which expire by themselves when a process dies (a +1/-1 counter would
+drift upward with every crash).
+
+Every write is best effort: metrics must never fail a request or a batch.
+"""
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Protocol
 
 import redis
 
 log = logging.getLogger(__name__)
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH = (1, 10, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+
+HISTOGRAMS: dict[str, tuple[float, ...]] = {
+    "sink_rows": _BATCH,
+    "sink_commit_seconds": _LATENCY,
+    "live_pings": _BATCH,
+    "live_apply_seconds": _LATENCY,
+    "live_frame_seconds": _LATENCY,
+}
 
 
 class HasRedis(Protocol):
@@ -23,28 +53,48 @@ def stats_key(prefix: str) -> str:
     return prefix + "stats"
 
 
+def bucket_field(name: str, value: float) -> str:
+    """The hash field counting ``value`` in histogram ``name``."""
+    bounds = HISTOGRAMS[name]
+    i = bisect.bisect_left(bounds, value)
+    return f"{name}:le={bounds[i]:g}" if i < len(bounds) else f"{name}:le=+Inf"
+
+
 def incr(client: redis.Redis, prefix: str, counts: dict[str, int | float]) -> None:
-    """Best effort: a metrics write must never fail a request or a batch."""
+    """Add ``counts`` to the shared hash in one round trip (see the module docstring for
+    the histogram fields this also feeds)."""
+    key = stats_key(prefix)
     try:
         pipe = client.pipeline(transaction=False)
         for name, value in counts.items():
             if isinstance(value, float):
-                pipe.hincrbyfloat(stats_key(prefix), name, value)
+                pipe.hincrbyfloat(key, name, value)
             else:
-                pipe.hincrby(stats_key(prefix), name, value)
+                pipe.hincrby(key, name, value)
+            if name in HISTOGRAMS:
+                pipe.hincrby(key, bucket_field(name, value), 1)
         pipe.execute()
     except redis.RedisError as exc:
         log.debug("metrics write skipped: %s", exc)
 
 
+def _prefix(svc: HasRedis) -> str:
+    return svc.settings.redis_key_prefix  # type: ignore[attr-defined,no-any-return]
+
+
 def accepted(svc: HasRedis, count: int) -> None:
-    incr(svc.redis, svc.settings.redis_key_prefix, {"pings_accepted": count})  # type: ignore[attr-defined]
+    incr(svc.redis, _prefix(svc), {"pings_accepted": count})
 
 
 def rejected(svc: HasRedis, reason: str) -> None:
-    incr(svc.redis, svc.settings.redis_key_prefix, {f"requests_rejected:{reason}": 1})  # type: ignore[attr-defined]
+    incr(svc.redis, _prefix(svc), {f"requests_rejected:{reason}": 1})
+
+
+def live_frame_built(svc: HasRedis, seconds: float) -> None:
+    """Record how long one live frame took to build (Redis read + build_frame)."""
+    incr(svc.redis, _prefix(svc), {"live_frame_seconds": float(seconds)})
 
 
 def read(client: redis.Redis, prefix: str) -> dict[str, float]:
     raw = client.hgetall(stats_key(prefix))
-    return {k.decode(): float(v) for k, v in raw.items()}
+    return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}

@@ -70,6 +70,9 @@ class Settings:
     # individual assets (markers) at street zoom
     markers_max: int = 500
     markers_min_precision: int = 7
+    # history retention: day partitions of `pings` older than this are dropped by
+    # `heatreplay retention` (rollups are kept); 0 keeps everything
+    retention_days: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -169,6 +172,7 @@ ENV_NAMES: dict[str, str] = {
     "REPLAY_MAX_FPS": "replay_max_fps",
     "MARKERS_MAX": "markers_max",
     "MARKERS_MIN_PRECISION": "markers_min_precision",
+    "RETENTION_DAYS": "retention_days",
 }
 
 
