@@ -10,7 +10,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.settings import Settings
@@ -124,13 +131,17 @@ class PingProducer:
         self._producer.flush(self.settings.produce_timeout_s)
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+def admin(settings: Settings, quiet: bool = False) -> AdminClient:
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    if quiet:
+        # a probe expects "connection refused"; librdkafka would print it to stderr
+        config["log_level"] = 0
+    return AdminClient(config)
 
 
 def broker_reachable(settings: Settings, timeout_s: float = 2.0) -> bool:
     try:
-        admin(settings).list_topics(timeout=timeout_s)
+        admin(settings, quiet=True).list_topics(timeout=timeout_s)
         return True
     except KafkaException:
         return False
@@ -183,6 +194,55 @@ def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     for future in client.delete_topics(list(names), operation_timeout=10).values():
         with contextlib.suppress(KafkaException):
             future.result(timeout=15)
+
+
+class OffsetProbe:
+    """Reads single messages at chosen offsets outside any group: how the workers learn
+    a message's CreateTime (this broker's offsets_for_times is unreliable) and whether an
+    offset still exists (its reported end offsets trail multi-message batches)."""
+
+    def __init__(self, settings: Settings):
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.group_sink}-probe",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "max.partition.fetch.bytes": 1024 * 1024,
+                "queued.min.messages": 1,
+                "fetch.wait.max.ms": 50,
+                "reconnect.backoff.max.ms": 1000,
+            }
+        )
+
+    def message_at(
+        self, topic: str, partition: int, offset: int, timeout_s: float = 5.0
+    ) -> Message | None:
+        """The message at ``offset`` (or the first after it), None if there is none
+        within ``timeout_s``."""
+        self._consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                for msg in self._consumer.consume(num_messages=1, timeout=left):
+                    err = msg.error()
+                    if err is None and (msg.offset() or 0) >= offset:
+                        return msg
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        return None
+            return None
+        finally:
+            self._consumer.unassign()
+
+    def watermarks(self, topic: str, partition: int, timeout_s: float = 5.0) -> tuple[int, int]:
+        low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s
+        )
+        return int(low), int(high)
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> list[Message]:

@@ -10,6 +10,7 @@ Undecodable messages go to the dead-letter topic before the offsets that cover t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
@@ -22,11 +23,12 @@ import geohash
 import msgspec
 import psycopg
 import redis
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from app import metrics
+from app.backoff import Backoff
 from app.dead_letter import DeadLetters
-from app.kafka_io import consume_batch, consumer_config
+from app.kafka_io import BrokerUnavailable, OffsetProbe, consume_batch, consumer_config
 from app.ping import Ping, wire_decoder
 from app.settings import Settings
 from replay.rollups import write_rollups
@@ -95,6 +97,14 @@ class SinkStats:
     last_batch_rows: int = 0
     last_commit_ms: float = 0.0
     partitions_created: int = 0
+    db_retries: int = 0
+    abandoned_batches: int = 0
+    topic_resets: int = 0
+
+
+# The server went away, the connection broke, or a lock conflict rolled us back: the
+# batch is still in memory and the fence makes a second attempt safe.
+RETRYABLE_DB = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 @dataclass
@@ -106,28 +116,33 @@ class PostgisSink:
     after_db_commit: Callable[[int], None] | None = None
     _days: set[date] = field(default_factory=set)
     _redis: redis.Redis | None = None
+    _conn: psycopg.Connection | None = None
+    _written: dict[int, int] = field(default_factory=dict)
 
     def run(self, max_batches: int | None = None) -> SinkStats:
-        """Consume until ``stop`` is set (or ``max_batches`` batches were written)."""
+        """Consume until ``stop`` is set (or ``max_batches`` batches were written).
+
+        On stop the batch being collected is still written (or, if PostgreSQL is down,
+        abandoned: its offsets were never stored, so the next run reads it again), the
+        last offsets are committed synchronously and the consumer leaves its group."""
         settings = self.settings
         consumer = Consumer(consumer_config(settings, settings.group_sink))
-        conn = psycopg.connect(settings.database_url, connect_timeout=5)
         dead = DeadLetters(settings, source="postgis_sink")
         try:
-            consumer.subscribe(
-                [settings.topic_pings],
-                on_assign=lambda c, parts: self._on_assign(conn, c, parts),
-            )
+            consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
             while not self.stop.is_set():
                 if max_batches is not None and self.stats.batches >= max_batches:
                     break
                 messages = self._collect(consumer)
                 if messages:
-                    conn = self._write(conn, consumer, messages, dead)
+                    self._write_retrying(consumer, messages, dead)
+            self._commit_kafka(consumer, asynchronous=False)
         finally:
             consumer.close()
-            conn.close()
+            self._drop_conn()
             dead.close()
+            if self._redis is not None:
+                self._redis.close()
         return self.stats
 
     def _collect(self, consumer: Consumer) -> list[Message]:
@@ -141,10 +156,90 @@ class PostgisSink:
             batch += consume_batch(consumer, settings.sink_batch_max - len(batch), left)
         return batch
 
+    def _db(self) -> psycopg.Connection | None:
+        """The connection, reconnecting with backoff; None once stop is set."""
+        backoff = Backoff(self.stop)
+        while self._conn is None or self._conn.closed or self._conn.broken:
+            self._drop_conn()
+            try:
+                self._conn = psycopg.connect(
+                    self.settings.database_url,
+                    connect_timeout=5,
+                    application_name=SINK_APPLICATION_NAME,
+                )
+            except psycopg.OperationalError as exc:
+                self.stats.db_retries += 1
+                log.warning("sink: PostgreSQL unreachable (%s); retrying", exc)
+                if not backoff.wait():
+                    return None
+        return self._conn
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def _write_retrying(
+        self, consumer: Consumer, messages: list[Message], dead: DeadLetters
+    ) -> bool:
+        """Write one batch, waiting out PostgreSQL (or dead-letter broker) outages.
+        False if stop came first: the batch is abandoned, nothing of it was committed."""
+        backoff = Backoff(self.stop)
+        while True:
+            conn = self._db()
+            if conn is None:
+                break
+            try:
+                next_offsets, rows, bad = self._write(conn, messages, dead)
+            except RETRYABLE_DB as exc:
+                self.stats.db_retries += 1
+                log.warning("sink: batch of %d not written (%s); retrying", len(messages), exc)
+                self._drop_conn()
+            except BrokerUnavailable as exc:
+                log.warning("sink: dead letters not acknowledged (%s); retrying", exc)
+            else:
+                self._after_write(consumer, next_offsets, rows, bad)
+                return True
+            if not backoff.wait():
+                break
+        self.stats.abandoned_batches += 1
+        log.warning("sink: stopping; batch of %d abandoned (re-read on restart)", len(messages))
+        return False
+
+    def _after_write(
+        self, consumer: Consumer, next_offsets: dict[int, int], rows: int, bad: int
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.dead_letters += bad
+        self.stats.last_batch_rows = rows
+        self.report(rows, bad)
+        if self.after_db_commit is not None:
+            self.after_db_commit(rows)
+        self._written.update(next_offsets)
+        self._commit_kafka(consumer, asynchronous=True)
+
+    def _commit_kafka(self, consumer: Consumer, asynchronous: bool) -> None:
+        """A convenience for lag monitoring: PostgreSQL holds the real position."""
+        if not self._written:
+            return
+        topic = self.settings.topic_pings
+        offsets = [TopicPartition(topic, p, o) for p, o in self._written.items()]
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("sink: Kafka commit failed (%s); PostgreSQL keeps the position", exc)
+
     def report(self, rows: int, dead: int) -> None:
         """Batch figures for /metrics (best effort, one pipeline per batch)."""
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2)
+            self._redis = redis.Redis.from_url(
+                self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+            )
         metrics.incr(
             self._redis,
             self.settings.redis_key_prefix,
@@ -156,15 +251,74 @@ class PostgisSink:
             },
         )
 
-    def _on_assign(
-        self, conn: psycopg.Connection, consumer: Consumer, parts: list[TopicPartition]
-    ) -> None:
-        stored = self.stored_offsets(conn, [p.partition for p in parts])
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        """Start every partition where PostgreSQL says this group stopped; a partition
+        it never wrote starts at the beginning (Kafka's committed offset is not trusted)."""
+        backoff = Backoff(self.stop)
+        stored: dict[int, int] | None = None
+        while stored is None:
+            conn = self._db()
+            if conn is None:
+                return  # stopping: the run loop exits without writing
+            try:
+                stored = self.stored_offsets(conn, [p.partition for p in parts])
+            except RETRYABLE_DB as exc:
+                log.warning("sink: cannot read stored offsets (%s); retrying", exc)
+                self._drop_conn()
+                if not backoff.wait():
+                    return
+        stored = self._check_topic_reset(stored)
         for p in parts:
-            if p.partition in stored:
-                p.offset = stored[p.partition]
+            p.offset = stored.get(p.partition, OFFSET_BEGINNING)
+        self._written = {p: o for p, o in self._written.items() if p in stored}
         log.info("sink assigned %s", {p.partition: p.offset for p in parts})
         consumer.assign(parts)
+
+    def _check_topic_reset(self, stored: dict[int, int]) -> dict[int, int]:
+        """A stored position past the topic's end means the topic was recreated (the
+        in-memory dev broker forgets everything on restart). Seeking there would skip
+        every new message silently, so start that partition again from its beginning:
+        its new messages are pings PostgreSQL has never seen."""
+        topic = self.settings.topic_pings
+        probe = OffsetProbe(self.settings)
+        try:
+            for part, offset in list(stored.items()):
+                if offset <= 0:
+                    continue
+                try:
+                    low, high = probe.watermarks(topic, part)
+                except KafkaException as exc:
+                    log.warning("sink: no watermarks for %s[%d]: %s", topic, part, exc)
+                    continue
+                # the reported end trails multi-message batches: only a missing last
+                # message proves the partition is shorter than our position
+                if offset <= high or probe.message_at(topic, part, offset - 1) is not None:
+                    continue
+                log.error(
+                    "sink: %s[%d] ends before the stored offset %d (topic recreated?); "
+                    "restarting it at %d",
+                    topic,
+                    part,
+                    offset,
+                    low,
+                )
+                self._rebase(part, low)
+                stored[part] = low
+                self.stats.topic_resets += 1
+        finally:
+            probe.close()
+        return stored
+
+    def _rebase(self, partition: int, offset: int) -> None:
+        conn = self._db()
+        if conn is None:
+            return
+        with conn.transaction():
+            conn.execute(
+                "UPDATE sink_offsets SET next_offset = %s, updated_at = now() "
+                "WHERE consumer_group = %s AND topic = %s AND partition = %s",
+                (offset, self.settings.group_sink, self.settings.topic_pings, partition),
+            )
 
     def stored_offsets(self, conn: psycopg.Connection, partitions: list[int]) -> dict[int, int]:
         rows = conn.execute(
@@ -187,21 +341,20 @@ class PostgisSink:
             self._days.add(day)
 
     def _write(
-        self,
-        conn: psycopg.Connection,
-        consumer: Consumer,
-        messages: list[Message],
-        dead: DeadLetters,
-    ) -> psycopg.Connection:
+        self, conn: psycopg.Connection, messages: list[Message], dead: DeadLetters
+    ) -> tuple[dict[int, int], int, int]:
+        """One transaction: rows, rollups and the next offsets. Returns those offsets,
+        the rows written and the messages dead-lettered."""
         decoded = decode_batch(messages)
         self._ensure_partitions(conn, [p for p in decoded if isinstance(p, Ping)])
         group, topic = self.settings.group_sink, self.settings.topic_pings
-        parts = sorted({m.partition() for m in messages})
+        parts = sorted({_partition(m) for m in messages})
         started = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
             # Lock this group's offset rows: a member that lost the partition in a
             # rebalance but is still mid-batch waits here, then writes only what the
-            # new owner has not (fencing by offset, not by trust).
+            # new owner has not (fencing by offset, not by trust). The same fence makes
+            # a retry after a lost connection safe whether or not the commit landed.
             cur.executemany(
                 "INSERT INTO sink_offsets (consumer_group, topic, partition, next_offset) "
                 "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING",
@@ -217,18 +370,19 @@ class PostgisSink:
             bad: list[tuple[Message, str]] = []
             next_offsets = dict(floor)
             for msg, item in zip(messages, decoded, strict=True):
-                offset = msg.offset()
-                if offset < floor[msg.partition()]:
+                offset, part = _offset(msg), _partition(msg)
+                if offset < floor[part]:
                     continue  # already written by this group
                 if isinstance(item, Ping):
                     pings.append(item)
                 else:
                     bad.append((msg, item))
-                if offset + 1 > next_offsets[msg.partition()]:
-                    next_offsets[msg.partition()] = offset + 1
+                if offset + 1 > next_offsets[part]:
+                    next_offsets[part] = offset + 1
             if bad:
+                # before the offsets that cover them; a retried batch may send them
+                # twice (dead letters are at least once, rows exactly once)
                 dead.send(bad)
-                self.stats.dead_letters += len(bad)
             if pings:
                 with cur.copy(COPY_SQL) as copy:
                     copy.write(encode_copy(pings))
@@ -239,17 +393,18 @@ class PostgisSink:
                 [(off, group, topic, part) for part, off in next_offsets.items()],
             )
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
-        self.stats.batches += 1
-        self.stats.rows += len(pings)
-        self.stats.last_batch_rows = len(pings)
-        self.report(len(pings), len(bad))
-        if self.after_db_commit is not None:
-            self.after_db_commit(len(pings))
-        consumer.commit(
-            offsets=[TopicPartition(topic, part, off) for part, off in next_offsets.items()],
-            asynchronous=True,
-        )
-        return conn
+        return next_offsets, len(pings), len(bad)
+
+
+SINK_APPLICATION_NAME = "heatreplay-sink"
+
+
+def _partition(msg: Message) -> int:
+    return int(msg.partition() or 0)
+
+
+def _offset(msg: Message) -> int:
+    return int(msg.offset() or 0)
 
 
 def run_sink(settings: Settings, stop: threading.Event | None = None) -> SinkStats:

@@ -1,0 +1,178 @@
+"""Helpers for the fault tests and bench/soak_faults.py: keyed pings whose identity
+survives the trip to PostGIS, worker subprocesses built from a test's Settings, and the
+exact comparison of what was accepted with what was stored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import IO
+
+import psycopg
+
+from app.kafka_io import PingProducer
+from app.ping import Ping, encode_wire
+from app.settings import ENV_NAMES, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
+Key = tuple[str, int]  # (driver_id, ts ms): unique per generated ping
+
+
+def keyed_pings(count: int, start: int = 0, base_ts: int | None = None) -> list[Ping]:
+    """``count`` pings with distinct (driver_id, ts), spread over Lagos; deterministic."""
+    base = base_ts if base_ts is not None else int(time.time() * 1000) - 3_600_000
+    out = []
+    for i in range(start, start + count):
+        out.append(
+            Ping(
+                driver_id=f"k{i % 997:03d}",
+                lat=6.40 + (i * 7919 % 10_000) / 40_000,
+                lon=3.20 + (i * 104_729 % 10_000) / 25_000,
+                ts=base + i,
+                speed_kmh=float(i % 90),
+            )
+        )
+    return out
+
+
+def produce(producer: PingProducer, pings: Iterable[Ping]) -> int:
+    """send() returning means the broker acknowledged all of them: they are accepted."""
+    return producer.send((p.driver_id.encode(), encode_wire(p)) for p in pings)
+
+
+def key_of(ping: Ping) -> Key:
+    return (ping.driver_id, ping.ts)
+
+
+@dataclass
+class HistoryCheck:
+    accepted: int
+    rows: int
+    distinct: int
+    missing: int
+    unexpected: int
+    duplicates: int
+    rollup_pings: int
+
+    @property
+    def exact(self) -> bool:
+        return (
+            self.rows == self.accepted == self.distinct == self.rollup_pings
+            and self.missing == self.unexpected == self.duplicates == 0
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def stored_keys(conn: psycopg.Connection) -> Counter[Key]:
+    rows = conn.execute(
+        "SELECT driver_id, (extract(epoch FROM ts) * 1000)::bigint FROM pings"
+    ).fetchall()
+    return Counter((str(d), int(t)) for d, t in rows)
+
+
+def check_history(conn: psycopg.Connection, accepted: set[Key]) -> HistoryCheck:
+    """Compare by key, not by count: which accepted pings are missing, which rows were
+    never accepted, and how many rows are second copies."""
+    found = stored_keys(conn)
+    rollup = conn.execute("SELECT coalesce(sum(pings), 0)::bigint FROM ping_minutes").fetchone()
+    return HistoryCheck(
+        accepted=len(accepted),
+        rows=sum(found.values()),
+        distinct=len(found),
+        missing=len(accepted - found.keys()),
+        unexpected=len(found.keys() - accepted),
+        duplicates=sum(n - 1 for n in found.values() if n > 1),
+        rollup_pings=int(rollup[0]) if rollup else 0,
+    )
+
+
+def row_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pings").fetchone()
+    return int(row[0]) if row else 0
+
+
+def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment a `heatreplay` subprocess needs to act as this test's worker."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    for name, attr in ENV_NAMES.items():
+        value = getattr(settings, attr)
+        env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["HEATREPLAY_ENV"] = "test"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+class Worker:
+    """`python -m app.cli <command>` as a real process that can be SIGKILLed."""
+
+    def __init__(self, command: str, settings: Settings, log_name: str, **env: str):
+        self.command = command
+        self.env = worker_env(settings, **env)
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        self.log_path = OUTPUT / log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Worker:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", self.command],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        assert self.proc is not None and self.alive, f"{self.command} died on its own"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._reap()
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; the exit code (the test asserts a clean 0)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"{self.command} ignored SIGTERM for {timeout}s") from None
+        finally:
+            self._reap()
+        return code
+
+    def _reap(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        if self.alive and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reap()
+
+
+def chunks(pings: list[Ping], size: int) -> Iterator[list[Ping]]:
+    for i in range(0, len(pings), size):
+        yield pings[i : i + size]
