@@ -5,9 +5,11 @@ exact comparison of what was accepted with what was stored."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -106,6 +108,8 @@ def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
     for name, attr in ENV_NAMES.items():
         value = getattr(settings, attr)
+        if value is None:
+            continue
         env[name] = str(value).lower() if isinstance(value, bool) else str(value)
     env["HEATREPLAY_ENV"] = "test"
     env["PYTHONUNBUFFERED"] = "1"
@@ -176,3 +180,85 @@ class Worker:
 def chunks(pings: list[Ping], size: int) -> Iterator[list[Ping]]:
     for i in range(0, len(pings), size):
         yield pings[i : i + size]
+
+
+def stored_position(conn: psycopg.Connection, settings: Settings) -> int:
+    """Sum of the sink's next offsets in PostgreSQL: messages it has taken care of."""
+    row = conn.execute(
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets "
+        "WHERE consumer_group = %s AND topic = %s",
+        (settings.group_sink, settings.topic_pings),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass
+class KillSoak:
+    pings_sent: int = 0
+    kills: int = 0
+    kills_with_backlog: int = 0
+    seconds: float = 0.0
+    clean_exit_code: int | None = None
+
+
+def kill_soak(
+    settings: Settings,
+    conn: psycopg.Connection,
+    total: int,
+    kills: int,
+    seed: int,
+    chunk: int = 5000,
+    produce_s: float = 12.0,
+) -> tuple[KillSoak, set[Key]]:
+    """Produce ``total`` keyed pings over about ``produce_s`` seconds while a real sink
+    process is SIGKILLed ``kills`` times at random moments (each after it has written at
+    least one batch), then let a last sink catch up and stop it with SIGTERM."""
+    rng = random.Random(seed)
+    result = KillSoak()
+    accepted: set[Key] = set()
+    failure: list[BaseException] = []
+    producer = PingProducer(settings)
+    batches = list(chunks(keyed_pings(total), chunk))
+    pause = produce_s / max(1, len(batches))
+
+    def feed() -> None:
+        try:
+            for batch in batches:
+                produce(producer, batch)  # returns only once the broker acknowledged
+                accepted.update(key_of(p) for p in batch)
+                result.pings_sent += len(batch)
+                time.sleep(pause)
+        except BaseException as exc:
+            failure.append(exc)
+
+    started = time.monotonic()
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    sink = Worker("sink", settings, f"sink-{settings.group_sink}.log")
+    try:
+        for _ in range(kills):
+            before = stored_position(conn, settings)
+            sink.start()
+            deadline = time.monotonic() + 30
+            while stored_position(conn, settings) == before:
+                assert time.monotonic() < deadline, "restarted sink wrote nothing in 30s"
+                assert sink.alive, "sink exited on its own"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.6))
+            if result.pings_sent > stored_position(conn, settings):
+                result.kills_with_backlog += 1
+            sink.kill9()
+            result.kills += 1
+        feeder.join(120)
+        assert not feeder.is_alive() and not failure, failure
+        sink.start()
+        deadline = time.monotonic() + 60
+        while stored_position(conn, settings) < total:
+            assert time.monotonic() < deadline, "the last sink did not catch up in 60s"
+            time.sleep(0.1)
+        result.clean_exit_code = sink.terminate()
+    finally:
+        sink.cleanup()
+        producer.close()
+    result.seconds = time.monotonic() - started
+    return result, accepted

@@ -1,0 +1,83 @@
+"""Real faults against a real sink process: SIGKILL at random moments while pings flow,
+and PostgreSQL cutting the sink's connections mid-stream. PostGIS must end up holding
+exactly the accepted pings, compared by key."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from app.kafka_io import PingProducer
+from app.postgis_sink import SINK_APPLICATION_NAME, PostgisSink
+from tests.conftest import wait_until
+from tests.faults import (
+    OUTPUT,
+    check_history,
+    chunks,
+    key_of,
+    keyed_pings,
+    kill_soak,
+    produce,
+    stored_position,
+)
+from tests.test_sink_offsets import kafka_committed, stored_offsets
+
+PINGS = int(os.environ.get("FAULT_PINGS", "200000"))
+KILLS = int(os.environ.get("FAULT_KILLS", "5"))
+SEED = int(os.environ.get("FAULT_SEED", "6"))
+
+
+def test_sigkill_the_sink_repeatedly_loses_and_doubles_nothing(settings, db):
+    # short sessions so a restarted member is assigned soon after its killed predecessor
+    s = settings.with_(kafka_session_timeout_ms=2000, sink_batch_wait_s=0.2)
+    soak, accepted = kill_soak(s, db, PINGS, KILLS, SEED)
+    check = check_history(db, accepted)
+    figures = {**soak.__dict__, **check.as_dict()}
+    print("sink kill soak:", json.dumps(figures))
+    (OUTPUT / "faults_sink_kill.json").write_text(json.dumps(figures, indent=1))
+    assert soak.pings_sent == PINGS and soak.kills == KILLS
+    assert soak.kills_with_backlog >= 1  # at least one kill landed with pings unwritten
+    assert check.exact, figures
+    # SIGTERM: the last batch finished, offsets committed to Kafka too, exit code 0
+    assert soak.clean_exit_code == 0
+    assert kafka_committed(s) == stored_offsets(db, s)
+
+
+def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, run_in_background):
+    sink = PostgisSink(settings.with_(sink_batch_max=2000))
+    run_in_background(sink)
+    producer = PingProducer(settings)
+    pings = keyed_pings(40_000)
+    accepted: set = set()
+    stop_feed = threading.Event()
+
+    def feed() -> None:
+        for batch in chunks(pings, 1000):
+            produce(producer, batch)
+            accepted.update(key_of(p) for p in batch)
+            if stop_feed.wait(0.05):
+                return
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    wait_until(lambda: stored_position(db, settings) > 0, timeout=30)
+    cuts = 0
+    while cuts < 4:
+        killed = db.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s",
+            (SINK_APPLICATION_NAME,),
+        ).fetchone()[0]
+        cuts += int(killed)
+        time.sleep(0.3)
+    feeder.join(60)
+    assert not feeder.is_alive()
+    wait_until(lambda: stored_position(db, settings) >= len(pings), timeout=60)
+    sink.stop.set()
+    check = check_history(db, accepted)
+    print("pg cuts:", cuts, "retries:", sink.stats.db_retries, check.as_dict())
+    assert check.exact, check.as_dict()
+    assert sink.stats.db_retries >= 1
+    producer.close()
