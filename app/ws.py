@@ -37,10 +37,13 @@ def send_json(ws: Any, message: dict[str, Any]) -> None:
 
 
 def refuse(ws: Any, code: int, error: str, message: str) -> None:
-    """Say why in an error message, then close with ``code``."""
+    """Say why in an error message, then close with ``code``; the close reason repeats
+    the message (cut to the 123 bytes a close frame allows) for clients that only see
+    the close event."""
+    reason = message.encode()[:123].decode(errors="ignore")
     try:
         send_json(ws, {"type": "error", "error": error, "message": message})
-        ws.close(reason=code, message=error)
+        ws.close(reason=code, message=reason)
     except ConnectionClosed:
         pass
 

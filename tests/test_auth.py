@@ -140,12 +140,16 @@ def receive(ws: Any) -> dict[str, Any]:
             return {"type": "close", "code": code, "reason": data[2:].decode()}
 
 
-def refusal(ws: Any) -> tuple[str, str, int]:
-    """(error, message, close code) of a socket the server refuses."""
+def refusal(ws: Any, reason_is_message: bool = True) -> tuple[str, str, int]:
+    """(error, message, close code) of a socket the server refuses; app/ws.py's
+    refusals repeat the message as the close reason for clients that only see the
+    close event."""
     error = receive(ws)
     close = receive(ws)
     assert error["type"] == "error", error
     assert close["type"] == "close", close
+    if reason_is_message:
+        assert close["reason"] == error["message"][:123]
     return error["error"], error["message"], close["code"]
 
 

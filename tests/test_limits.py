@@ -359,7 +359,7 @@ def test_socket_parameters_over_a_limit_get_an_error_and_close(name, tight):
     base = {"from": T0, "to": T0 + 60_000} if path == "/ws/replay" else {}
     with serving(application) as address:
         ws = connect(address, path, mint_token(s, "viewer"), **{**base, **params})
-        error, message, code = refusal(ws)
+        error, message, code = refusal(ws, reason_is_message=False)
         close_quietly(ws)
         assert (error, code) == ("invalid_parameter", 1008) and message
         ok = connect(address, path, mint_token(s, "viewer"), **base)
