@@ -111,21 +111,9 @@ class WsSession:
 
     def allow_message(self) -> bool:
         """Token bucket: at most WS_MAX_MESSAGES_PER_S control messages per second
-        (bursts of that many). The caller answers a refusal with ``rate_limited()``."""
+        (bursts of that many, at least 1). The handler answers a refused message with
+        a ``{"type": "error", "error": "rate_limited"}`` and keeps the socket open."""
         return self._bucket.allow()
-
-    def rate_limited(self) -> None:
-        send_json(
-            self.ws,
-            {
-                "type": "error",
-                "error": "rate_limited",
-                "message": (
-                    f"more than {self.settings.ws_max_messages_per_s:g} control messages "
-                    "per second; this one was ignored"
-                ),
-            },
-        )
 
 
 @contextmanager
