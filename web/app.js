@@ -36,6 +36,7 @@ import { createLive } from './js/live.js';
 import { precisionForZoom, viewForMap, ZOOM_PRECISION } from './js/precision.js';
 import { createReplay } from './js/replay.js';
 import { legendRows } from './js/scale.js';
+import { parseTime } from './js/time.js';
 import * as ui from './js/ui.js';
 
 const LAGOS = [6.5244, 3.3792];
@@ -45,7 +46,9 @@ const VIEW_DEBOUNCE_MS = 120;
 
 const params = new URLSearchParams(window.location.search);
 
-const map = L.map('map', { center: LAGOS, zoom: START_ZOOM, minZoom: 3, maxZoom: 19, worldCopyJump: true });
+// minZoom 7 (about Nigeria on one screen): further out, the view would pass the
+// server's bbox area limit and the cells would be too coarse to say anything.
+const map = L.map('map', { center: LAGOS, zoom: START_ZOOM, minZoom: 7, maxZoom: 19 });
 
 const tilesUrl = params.has('tiles') ? params.get('tiles') : DEFAULT_TILES;
 if (tilesUrl && tilesUrl !== 'none') {
@@ -67,6 +70,7 @@ let frames = 0;
 function renderFrame(frame) {
     const summary = renderer.render(frame);
     frames += 1;
+    if (mode === 'replay') ui.setClock(parseTime(summary.t));
     ui.setDrawn(summary, frames);
     return summary;
 }
@@ -86,6 +90,7 @@ const replay = createReplay({
     onState: (state, detail) => { if (mode === 'replay') ui.setState(state, detail); },
     onServerError: (message) => ui.showToast(message),
     onAuthError: (err) => ui.setState('unauthorised', err.message),
+    setClock: (t) => { if (mode === 'replay') ui.setClock(t); },
 });
 
 function setMode(next) {
@@ -97,6 +102,7 @@ function setMode(next) {
     frames = 0;
     renderer.clear();
     ui.resetDrawn();
+    ui.setClock(NaN);
     ui.setMode(mode);
     document.getElementById('replay-panel').hidden = mode !== 'replay';
     document.getElementById('clock').hidden = mode !== 'replay';

@@ -45,7 +45,7 @@ export function createHeatRenderer(map) {
         const a = map.latLngToContainerPoint([c.lat, c.lng]);
         const b = map.latLngToContainerPoint([c.lat + dLat, c.lng + dLon]);
         const px = Math.sqrt(Math.abs(b.x - a.x) * Math.abs(b.y - a.y));
-        const radius = Math.round(Math.min(45, Math.max(8, px * 0.45)));
+        const radius = Math.round(Math.min(50, Math.max(8, px * 0.55)));
         if (radius !== heat.options.radius) {
             heat.setOptions({ radius, blur: Math.round(radius * 0.8) });
         }

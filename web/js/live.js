@@ -1,7 +1,7 @@
 // Live mode: one socket on /ws/live following the map's view.
 
 import { socketUrl, probeAuth } from './api.js';
-import { ReconnectingSocket } from './socket.js';
+import { ReconnectingSocket, isAuthMessage } from './socket.js';
 
 /**
  * @param {object} o
@@ -19,7 +19,8 @@ export function createLive({ getView, onFrame, onState, onServerError }) {
         probeAuth: () => probeAuth(getView()),
         onMessage(msg) {
             if (msg.type === 'frame') onFrame(msg);
-            else if (msg.type === 'error') onServerError(msg.message || msg.error || 'server error');
+            // Auth errors precede a 4401/4403 close; the not-authorised panel says it.
+            else if (msg.type === 'error' && !isAuthMessage(msg)) onServerError(msg.message || msg.error || 'server error');
         },
         onStatus(status, detail) {
             // 'open' is the live state; 'closed' cannot happen (live always reconnects).

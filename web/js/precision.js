@@ -29,23 +29,41 @@ export function precisionForZoom(zoom) {
     return ZOOM_PRECISION[ZOOM_PRECISION.length - 1].precision;
 }
 
+// The server refuses a view larger than MAX_BBOX_AREA_DEG2 (its default; a wide
+// screen zoomed out can show more). Such a view is shrunk around its centre rather
+// than refused: the fleet is in Lagos, the edges of a huge view hold nothing.
+export const MAX_BBOX_AREA_DEG2 = 400;
+
 const round5 = (x) => Math.round(x * 1e5) / 1e5;
 const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
 
+/** [w, s, e, n] clamped to valid lon/lat, capped in area, rounded to 5 decimals (~1 m). */
+export function normaliseBbox([west, south, east, north], maxArea = MAX_BBOX_AREA_DEG2) {
+    let w = clamp(west, -180, 180);
+    let s = clamp(south, -90, 90);
+    let e = clamp(east, -180, 180);
+    let n = clamp(north, -90, 90);
+    const area = (e - w) * (n - s);
+    if (area > maxArea) {
+        const k = Math.sqrt((maxArea * 0.98) / area); // margin for rounding
+        const cx = (w + e) / 2;
+        const cy = (s + n) / 2;
+        const hw = ((e - w) * k) / 2;
+        const hh = ((n - s) * k) / 2;
+        [w, s, e, n] = [cx - hw, cy - hh, cx + hw, cy + hh];
+    }
+    return [round5(w), round5(s), round5(e), round5(n)];
+}
+
 /**
  * The view a socket should serve: precision from the zoom and the visible bounds
- * as [west, south, east, north], rounded to 5 decimals (~1 m) and clamped to valid
- * lon/lat, since Leaflet reports bounds past ±180 when the world wraps.
+ * as [west, south, east, north]. Leaflet reports bounds past ±180 when the world
+ * wraps, hence the clamping in normaliseBbox.
  */
 export function viewForMap(map) {
     const b = map.getBounds();
     return {
         precision: precisionForZoom(map.getZoom()),
-        bbox: [
-            round5(clamp(b.getWest(), -180, 180)),
-            round5(clamp(b.getSouth(), -90, 90)),
-            round5(clamp(b.getEast(), -180, 180)),
-            round5(clamp(b.getNorth(), -90, 90)),
-        ],
+        bbox: normaliseBbox([b.getWest(), b.getSouth(), b.getEast(), b.getNorth()]),
     };
 }

@@ -4,9 +4,9 @@
 import { apiGet, socketUrl, probeAuth, AuthError } from './api.js';
 import { ReconnectingSocket, isAuthMessage } from './socket.js';
 import { createScrubber } from './scrubber.js';
-import { createTimeline, normalisePeaks } from './timeline.js';
+import { createTimeline, normalisePeaks, timelineStep } from './timeline.js';
 import {
-    parseTime, isoTime, clockParts, formatPeakLabel, formatCount,
+    parseTime, isoTime, formatPeakLabel, formatCount,
     toLocalInputValue, fromLocalInputValue,
 } from './time.js';
 
@@ -17,14 +17,6 @@ export const PEAK_WINDOW_S = 3600;
 export const PEAK_COUNT = 3;
 const DAY_MS = 86400e3;
 
-// Timeline bucket: the contract's 60 s unless that would give more than ~720 bars
-// (a 24 h range → 120 s), so long ranges stay one request of a few hundred points.
-const STEP_CHOICES = [60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
-export function timelineStep(fromMs, toMs) {
-    const seconds = (toMs - fromMs) / 1000;
-    return STEP_CHOICES.find((s) => seconds / s <= 720) || STEP_CHOICES[STEP_CHOICES.length - 1];
-}
-
 const $ = (id) => document.getElementById(id);
 
 /**
@@ -34,8 +26,9 @@ const $ = (id) => document.getElementById(id);
  * @param {(state: string, detail?: string) => void} o.onState
  * @param {(message: string) => void} o.onServerError   brief message, stream continues
  * @param {(err: Error) => void} o.onAuthError           a fetch came back 401/403
+ * @param {(tMs: number) => void} o.setClock              show a time on the big clock
  */
-export function createReplay({ getView, onFrame, onState, onServerError, onAuthError }) {
+export function createReplay({ getView, onFrame, onState, onServerError, onAuthError, setClock }) {
     const els = {
         from: $('range-from'),
         to: $('range-to'),
@@ -45,9 +38,6 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
         note: $('replay-note'),
         playPause: $('play-pause'),
         speed: $('speed'),
-        clockDate: $('clock-date'),
-        clockTime: $('clock-time'),
-        clockZone: $('clock-zone'),
     };
 
     let active = false;
@@ -95,19 +85,6 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
 
     function note(text) {
         els.note.textContent = text;
-    }
-
-    function setClock(t) {
-        if (!Number.isFinite(t)) {
-            els.clockDate.textContent = '';
-            els.clockTime.textContent = '--:--:--';
-            els.clockZone.textContent = '';
-            return;
-        }
-        const c = clockParts(t);
-        els.clockDate.textContent = c.date;
-        els.clockTime.textContent = c.time;
-        els.clockZone.textContent = c.zone;
     }
 
     function readRange() {
@@ -245,9 +222,19 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
                 s.resumeAt = t;
                 scrubber.setValue(t);
                 timeline.setCursor(t);
-                setClock(t);
             }
-            onFrame(msg);
+            onFrame(msg); // draws it and sets the clock from its t
+        } else if (msg.type === 'state') {
+            // The server's answer to each control message: trust it over our guess.
+            if (typeof msg.paused === 'boolean' && msg.paused !== s.paused && !msg.ended) {
+                s.paused = msg.paused;
+                publish();
+            }
+            const speed = Number(msg.speed);
+            if (SPEEDS.includes(speed) && speed !== s.speed) {
+                s.speed = speed;
+                els.speed.value = String(speed);
+            }
         } else if (msg.type === 'end') {
             s.ended = true;
             s.socket.stop(); // a later play or seek reconnects
@@ -345,7 +332,6 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
     return {
         start() {
             active = true;
-            setClock(NaN);
             publish();
             if (!loaded) load();
         },

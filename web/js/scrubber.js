@@ -45,9 +45,19 @@ export function throttle(fn, ms) {
  */
 export function createScrubber(input, onSeek) {
     let dragging = false;
-    const seek = throttle((t) => onSeek(t), SEEK_THROTTLE_MS);
+    let lastSent = NaN;
+    // change repeats the last input's value; one seek per position per gesture.
+    const seek = throttle((t) => {
+        if (t !== lastSent) {
+            lastSent = t;
+            onSeek(t);
+        }
+    }, SEEK_THROTTLE_MS);
 
-    input.addEventListener('pointerdown', () => { dragging = true; });
+    input.addEventListener('pointerdown', () => {
+        dragging = true;
+        lastSent = NaN; // a new gesture may seek to the same spot again
+    });
     input.addEventListener('input', () => seek(Number(input.value)));
     input.addEventListener('change', () => {
         seek(Number(input.value));

@@ -15,6 +15,15 @@ const COLOURS = {
     axis: '#6b6459',
 };
 
+// Timeline bucket: the contract's 60 s unless that would give more than ~720 bars
+// (a 24 h range → 120 s), so long ranges stay one request of a few hundred points.
+// Always a multiple of 60 s, which the server requires.
+const STEP_CHOICES = [60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+export function timelineStep(fromMs, toMs) {
+    const seconds = (toMs - fromMs) / 1000;
+    return STEP_CHOICES.find((s) => seconds / s <= 720) || STEP_CHOICES[STEP_CHOICES.length - 1];
+}
+
 /** Normalise timeline points [[t, pings, drivers], ...] → [{t, pings, drivers}] sorted by t. */
 export function normalisePoints(points) {
     if (!Array.isArray(points)) return [];

@@ -2,7 +2,7 @@
 // and the "not authorised" panel. Controllers call these; nothing here talks to
 // the server.
 
-import { formatCount, formatTimeOfDay, parseTime } from './time.js';
+import { clockParts, formatCount, formatTimeOfDay, parseTime } from './time.js';
 
 // Every state the badge can show. Connection states come from the socket; the
 // playback ones from replay. 'idle' is replay mode before a range or peak is played.
@@ -65,6 +65,14 @@ export function resetDrawn() {
 
 export function setStyleAttr(style) {
     drawn.dataset.style = style;
+}
+
+/** The big simulated clock over the map (replay mode); NaN blanks it. */
+export function setClock(t) {
+    const c = Number.isFinite(t) ? clockParts(t) : { date: '', time: '--:--:--', zone: '' };
+    $('clock-date').textContent = c.date;
+    $('clock-time').textContent = c.time;
+    $('clock-zone').textContent = c.zone;
 }
 
 let toastTimer = null;
