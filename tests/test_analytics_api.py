@@ -21,6 +21,7 @@ from app.auth import mint_token
 from app.ping import Ping
 from app.postgis_sink import COPY_SQL, encode_copy
 from app.settings import Settings
+from tests.conftest import wait_until
 
 T0 = 1_795_161_600_000  # 2026-11-20T08:00:00Z
 T0_ISO = "2026-11-20T08:00:00Z"
@@ -491,3 +492,26 @@ def test_injection_attempts_are_harmless(client, headers, database_url):
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM pings").fetchone() == (len(DATA),)
     assert statuses <= {400, 422}
+
+
+def test_export_connection_ends_when_the_client_goes_away(client, headers, database_url):
+    def export_sessions() -> int:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'DECLARE \"export_%%'"
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    response = client.get(
+        "/api/analytics/export",
+        query_string={**RNG, "bbox": CELL_BBOX},
+        headers=headers,
+        buffered=False,
+    )
+    first = next(iter(response.response))
+    assert first.startswith(b"ts,driver_id")
+    assert export_sessions() == 1  # the cursor is open while the body streams
+    response.close()  # what the WSGI server does when the client disconnects
+    # the backend exits a moment after the socket closes
+    wait_until(lambda: export_sessions() == 0, timeout=10, interval=0.05)
