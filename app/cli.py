@@ -198,7 +198,10 @@ def simulate(
         kwargs["interval_s"] = interval
     sent = run_simulate(
         base_url=base,
-        token=mint_token(settings, "ingest"),
+        # runs until stopped (under `heatreplay up`, for days): a TOKEN_TTL_S token would
+        # expire under it, its posts turn 401 and `up` stops everything. The token never
+        # leaves this process.
+        token=mint_token(settings, "ingest", ttl_s=366 * 86400),
         drivers=drivers,
         seed=seed,
         backfill=parse_duration(backfill) if backfill else None,
