@@ -212,6 +212,9 @@ class OffsetProbe:
                 "max.partition.fetch.bytes": 1024 * 1024,
                 "queued.min.messages": 1,
                 "fetch.wait.max.ms": 50,
+                # the default 1 s pause once the (tiny) queue is full made each probe 1 s
+                "fetch.queue.backoff.ms": 0,
+                "fetch.error.backoff.ms": 10,
                 "reconnect.backoff.max.ms": 1000,
             }
         )
