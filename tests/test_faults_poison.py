@@ -1,0 +1,78 @@
+"""Poison messages: bytes no worker can decode go to the dead-letter topic with the
+reason and the original bytes, both workers keep going, later pings are counted, and the
+dead-letter counters reach /metrics' Redis hash."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Producer
+
+from app import metrics
+from app.kafka_io import PingProducer
+from app.live_counts import LiveCounts
+from app.live_worker import LiveWorker
+from app.postgis_sink import PostgisSink
+from tests.conftest import read_topic, wait_until
+from tests.faults import check_history, key_of, keyed_pings, produce
+
+POISON = [
+    b"\xff\xfe\x00not json",
+    b'{"driver_id": 5, "lat": 1, "lon": 2, "ts": 3}',
+    b'{"driver_id": "d", "lat": 6.5',
+    b'{"driver_id": "no-ts", "lat": 6.5, "lon": 3.4}',
+    b"",
+]
+
+
+def test_poison_goes_to_dead_letters_and_the_workers_carry_on(settings, db, run_in_background):
+    import redis
+
+    settings = settings.with_(live_window_s=60.0)  # the good pings stay live throughout
+    sink, live = PostgisSink(settings), LiveWorker(settings)
+    run_in_background(sink)
+    run_in_background(live)
+    now = int(time.time() * 1000)
+    good = keyed_pings(100, base_ts=now - 5000)
+    producer = PingProducer(settings)
+    produce(producer, good[:50])
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i, value in enumerate(POISON):
+        raw.produce(settings.topic_pings, value=value, key=f"poison-{i}".encode())
+    assert raw.flush(10) == 0
+    produce(producer, good[50:])  # after the poison: must still be counted
+    producer.close()
+
+    wait_until(lambda: sink.stats.rows >= 100 and live.stats.pings >= 100, timeout=60)
+    wait_until(lambda: len(read_topic(settings, settings.topic_dlq, timeout=5)) >= 10, timeout=30)
+    dlq = read_topic(settings, settings.topic_dlq)
+    assert len(dlq) == 2 * len(POISON)  # once per worker
+    by_source: dict[str, dict[bytes, dict[str, bytes]]] = {}
+    for msg in dlq:
+        headers = dict(msg.headers())
+        by_source.setdefault(headers["source"].decode(), {})[msg.key()] = {
+            **headers,
+            "value": msg.value() or b"",
+        }
+    assert sorted(by_source) == ["live_worker", "postgis_sink"]
+    for records in by_source.values():
+        assert sorted(records) == sorted(f"poison-{i}".encode() for i in range(len(POISON)))
+        for i, value in enumerate(POISON):
+            record = records[f"poison-{i}".encode()]
+            assert record["value"] == value  # the original bytes
+            assert record["reason"]  # why it could not be decoded
+            assert record["topic"].decode() == settings.topic_pings
+            assert int(record["offset"]) >= 0
+    assert b"Expected `str`" in by_source["postgis_sink"][b"poison-1"]["reason"]
+    assert b"ts" in by_source["postgis_sink"][b"poison-3"]["reason"]
+
+    check = check_history(db, {key_of(p) for p in good})
+    assert check.exact, check.as_dict()
+    client = redis.Redis.from_url(settings.redis_url)
+    counters = metrics.read(client, settings.redis_key_prefix)
+    assert counters["sink_dead_letters"] == len(POISON)
+    assert counters["live_dead_letters"] == len(POISON)
+    cells = LiveCounts(client, settings).cells(8, int(time.time() * 1000))
+    assert sum(cells.values()) == 100  # 100 distinct drivers, all inside the window
+    client.close()
+    assert sink.stats.dead_letters == live.stats.dead_letters == len(POISON)
