@@ -54,6 +54,11 @@ class DeadLetters:
             )
         remaining = self._producer.flush(self.settings.produce_timeout_s + 2)
         if failures or remaining:
+            # an idempotent producer whose broker lost its producer id (a restarted
+            # in-memory broker) never recovers: the caller's retry gets a fresh one
+            failed, self._producer = self._producer, None
+            failed.purge(in_queue=True, in_flight=False)
+            failed.flush(0)
             raise BrokerUnavailable(f"dead-letter produce failed: {failures or remaining}")
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ def machine() -> dict[str, object]:
     return {
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0],
         "postgres": str(row[0]).split(" on ")[0] if row else "?",
         "redis": redis.Redis.from_url(load_settings(dotenv=None).redis_url).info()["redis_version"],
