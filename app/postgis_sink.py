@@ -270,7 +270,10 @@ class PostgisSink:
         stored = self._check_topic_reset(stored)
         for p in parts:
             p.offset = stored.get(p.partition, OFFSET_BEGINNING)
-        self._written = {p: o for p, o in self._written.items() if p in stored}
+        # the position PostgreSQL holds is what Kafka should report too, also for a
+        # partition this process ends up writing nothing to (committed on the next write
+        # and at shutdown)
+        self._written = {p.partition: stored[p.partition] for p in parts if p.partition in stored}
         log.info("sink assigned %s", {p.partition: p.offset for p in parts})
         consumer.assign(parts)
 
