@@ -3,16 +3,18 @@ frame whenever the view's counts change, at most LIVE_FPS per second)."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 
 from app import sock
 from app.auth import require_role
+from app.live_hub import Mailbox
 from app.services import services
-from app.settings import Settings
 from app.ws import WsSession, parse_message, send_json, ws_session
 from replay.heat import View, ViewError, build_frame, parse_view
 
@@ -40,55 +42,55 @@ def ws_live(ws: Any) -> None:
 
 
 def _serve_live(session: WsSession) -> None:
+    """The handler thread reads control messages; a sender thread drains the socket's
+    one-slot mailbox, which the process's LiveHub fills with shared frames."""
     ws = session.ws
-    settings: Settings = current_app.config["SETTINGS"]
     try:
         view = parse_view(request.args.get("precision"), request.args.get("bbox"))
     except ViewError as exc:
-        send_json(
-            ws,
-            {
-                "type": "error",
-                "error": "invalid_parameter",
-                "field": exc.field,
-                "message": str(exc),
-            },
-        )
+        send_json(ws, _error("invalid_parameter", str(exc), field=exc.field))
         ws.close(reason=1008, message="invalid view")
         return
-    interval = 1.0 / settings.live_fps
-    last_cells: Any = None
-    next_at = 0.0
+    hub = services().live_hub
+    sub = hub.subscribe(view)
+    sender = threading.Thread(target=_pump, args=(ws, sub.mailbox), daemon=True)
+    sender.start()
     try:
         while True:
-            now = time.monotonic()
-            if now >= next_at:
-                frame = live_frame(view)
-                if frame["cells"] != last_cells or last_cells is None:
-                    send_json(ws, frame)
-                    last_cells = frame["cells"]
-                next_at = now + interval
-            raw = ws.receive(timeout=max(0.0, next_at - time.monotonic()))
-            if raw is None:
-                continue
+            raw = ws.receive()
             if not session.allow_message():
-                send_json(
-                    ws,
-                    {
-                        "type": "error",
-                        "error": "rate_limited",
-                        "message": "too many control messages",
-                    },
-                )
+                sub.mailbox.put_reply(_dumps(_error("rate_limited", "too many control messages")))
                 continue
             try:
                 msg = parse_message(raw)
                 if msg["op"] != "view":
                     raise ValueError(f"unknown op {msg['op']!r} (live accepts 'view')")
-                view = parse_view(msg.get("precision", view.precision), msg.get("bbox"))
-                last_cells = None
-                next_at = 0.0
+                hub.change_view(
+                    sub, parse_view(msg.get("precision", sub.view.precision), msg.get("bbox"))
+                )
             except (ValueError, ViewError) as exc:
-                send_json(ws, {"type": "error", "error": "bad_message", "message": str(exc)})
+                sub.mailbox.put_reply(_dumps(_error("bad_message", str(exc))))
     except ConnectionClosed:
-        return
+        pass
+    finally:
+        hub.unsubscribe(sub)
+        sender.join(5)
+
+
+def _pump(ws: Any, mailbox: Mailbox) -> None:
+    """Send whatever the mailbox holds; a slow client blocks only this thread, and
+    meanwhile newer frames replace older ones in the mailbox."""
+    try:
+        while not mailbox.closed:
+            for payload in mailbox.take(timeout=1.0):
+                ws.send(payload)
+    except ConnectionClosed:
+        mailbox.close()
+
+
+def _error(error: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "error": error, "message": message, **extra}
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))

@@ -88,10 +88,12 @@ for i = 3, #ARGV, 4 do
   end
 end
 
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local oldest_ts = oldest[2] or ''
 if want > 0 then
-  return {changed, redis.call('HGETALL', KEYS[4 + want])}
+  return {changed, redis.call('HGETALL', KEYS[4 + want]), oldest_ts}
 end
-return {changed, {}}
+return {changed, {}, oldest_ts}
 """
 
 
@@ -153,11 +155,17 @@ class LiveCounts:
         self.keys = LiveKeys.for_settings(settings)
         self._script = client.register_script(_LUA)
 
-    def _run(self, now_ms: int, want: int, args: list[str | int]) -> tuple[int, dict[str, int]]:
+    def _run(
+        self, now_ms: int, want: int, args: list[str | int]
+    ) -> tuple[int, dict[str, int], int | None]:
         cutoff = now_ms - self.settings.live_window_ms
-        changed, flat = self._script(keys=self.keys.script_keys(), args=[cutoff, want, *args])
+        changed, flat, oldest = self._script(
+            keys=self.keys.script_keys(), args=[cutoff, want, *args]
+        )
         cells = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return int(changed), cells
+        # when the oldest live driver drops out of the window, counts change by themselves
+        expiry = int(float(_text(oldest))) + self.settings.live_window_ms if oldest else None
+        return int(changed), cells, expiry
 
     def apply(self, pings: Iterable[Ping], now_ms: int) -> int:
         """Apply a batch in one script call; returns how many drivers changed cell
@@ -165,17 +173,22 @@ class LiveCounts:
         args: list[str | int] = []
         for driver, (ts, gh, ping) in latest_per_driver(pings).items():
             args += [driver, ts, gh, _position(ping)]
-        changed, _ = self._run(now_ms, 0, args)
+        changed, _, _ = self._run(now_ms, 0, args)
         if changed:
             self.redis.publish(self.keys.changed_channel, str(now_ms))
         return changed
 
     def cells(self, precision: int, now_ms: int) -> dict[str, int]:
         """Counts at ``precision`` for time now_ms (expires drivers first, atomically)."""
+        return self.snapshot(precision, now_ms)[0]
+
+    def snapshot(self, precision: int, now_ms: int) -> tuple[dict[str, int], int | None]:
+        """Counts at ``precision`` for now_ms, and the time (ms) at which they will next
+        change by themselves (the oldest active driver leaving the window), if any."""
         if precision not in PRECISIONS:
             raise ValueError("precision must be 1..8")
-        _, cells = self._run(now_ms, precision, [])
-        return cells
+        _, cells, next_expiry = self._run(now_ms, precision, [])
+        return cells, next_expiry
 
     def positions(self, drivers: Iterable[str]) -> dict[str, str]:
         names = list(drivers)

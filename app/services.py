@@ -13,17 +13,19 @@ from psycopg_pool import ConnectionPool
 from app.db import make_pool
 from app.kafka_io import PingProducer
 from app.live_counts import LiveCounts
+from app.live_hub import LiveHub
 from app.settings import Settings
 
 
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # live_hub creates redis under the same lock
         self._producer: PingProducer | None = None
         self._redis: redis.Redis | None = None
         self._pool: ConnectionPool | None = None
         self._live: LiveCounts | None = None
+        self._hub: LiveHub | None = None
         self.extras: dict[str, Any] = {}
 
     @property
@@ -56,18 +58,31 @@ class Services:
         return self._pool
 
     @property
+    def live_hub(self) -> LiveHub:
+        if self._hub is None:
+            with self._lock:
+                if self._hub is None:
+                    self._hub = LiveHub(self.redis, self.settings)
+        return self._hub
+
+    @property
     def live(self) -> LiveCounts:
         if self._live is None:
             self._live = LiveCounts(self.redis, self.settings)
         return self._live
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close()
-        if self._pool is not None:
-            self._pool.close()
-        if self._redis is not None:
-            self._redis.close()
+        """Idempotent: the app factory also registers it to run at exit."""
+        hub, producer, pool, client = self._hub, self._producer, self._pool, self._redis
+        self._hub = self._producer = self._pool = self._redis = self._live = None
+        if hub is not None:
+            hub.stop()
+        if producer is not None:
+            producer.close()
+        if pool is not None:
+            pool.close()
+        if client is not None:
+            client.close()
 
 
 def services() -> Services:

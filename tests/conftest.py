@@ -29,7 +29,6 @@ from app.auth import mint_token
 from app.broker import start_embedded_broker
 from app.db import migrate
 from app.kafka_io import delete_topics, ensure_topics
-from app.live_counts import LiveKeys
 from app.settings import Settings, load_settings
 
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", "test-output"))
@@ -107,8 +106,12 @@ def settings(
     ensure_topics(s)
     yield s
     client = redis.Redis.from_url(s.redis_url)
-    keys = [*LiveKeys.for_settings(s).all_keys(), s.redis_key_prefix + "stats"]
-    client.delete(*keys)
+    # every key of this test's prefix (SCAN is fine in test cleanup, never on a hot path)
+    keys = list(
+        client.scan_iter(match=s.redis_key_prefix.replace("{", "\\{").replace("}", "\\}") + "*")
+    )
+    if keys:
+        client.delete(*keys)
     client.close()
     delete_topics(s, [s.topic_pings, s.topic_dlq])
 
@@ -238,3 +241,35 @@ def read_topic(settings: Settings, topic: str, timeout: float = 15) -> list[Any]
         return out
     finally:
         consumer.close()
+
+
+class ServedApp:
+    """A Flask app served by a real threaded HTTP server on a free loopback port."""
+
+    def __init__(self, app: Any):
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def served(app: Any) -> Iterator[ServedApp]:
+    server = ServedApp(app)
+    yield server
+    server.close()

@@ -1,0 +1,262 @@
+"""Live fan-out inside one web process: frames scale with views, not with viewers.
+
+One hub thread per process listens on the live worker's change channel (Redis pub/sub)
+and, at most LIVE_FPS times a second and only when something changed (a batch was
+applied, or the oldest active driver is due to leave the window), reads the counts once
+per precision in use, builds one frame per distinct view, serialises it once and hands
+the same bytes to every socket watching that view. Each socket has a one-slot mailbox:
+a slow client gets the newest frame, never a growing queue. Every process reads the same
+Redis state, so several gunicorn workers or hosts all show the same live frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from app import metrics
+from app.live_counts import LiveCounts
+from app.settings import Settings
+from replay.heat import View, build_frame
+
+log = logging.getLogger(__name__)
+
+MAX_REPLIES = 16
+
+
+def view_key(view: View) -> tuple[Any, ...]:
+    return (view.precision, None if view.bbox is None else tuple(view.bbox.as_list()))
+
+
+class Mailbox:
+    """The newest frame plus a few control replies, waiting for one socket's sender."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: str | None = None
+        self._replies: list[str] = []
+        self.closed = False
+        self.replaced = 0  # frames overwritten before the client took them
+
+    def put_frame(self, payload: str) -> None:
+        with self._cond:
+            if self._frame is not None:
+                self.replaced += 1
+            self._frame = payload
+            self._cond.notify()
+
+    def put_reply(self, payload: str) -> None:
+        with self._cond:
+            if len(self._replies) < MAX_REPLIES:
+                self._replies.append(payload)
+            self._cond.notify()
+
+    def take(self, timeout: float | None = None) -> list[str]:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self.closed or self._frame is not None or bool(self._replies), timeout
+            )
+            out = self._replies
+            self._replies = []
+            if self._frame is not None:
+                out.append(self._frame)
+                self._frame = None
+            return out
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+@dataclass(eq=False)
+class Subscription:
+    view: View
+    mailbox: Mailbox = field(default_factory=Mailbox)
+
+
+class LiveHub:
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.settings = settings
+        self.redis = client
+        self.live = LiveCounts(client, settings)
+        self._lock = threading.Lock()
+        self._views: dict[tuple[Any, ...], set[Subscription]] = defaultdict(set)
+        self._last_cells: dict[tuple[Any, ...], list[Any]] = {}
+        self._last_payload: dict[tuple[Any, ...], str] = {}
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_expiry_ms: int | None = None
+        self.builds = 0
+
+    # --- sockets -------------------------------------------------------------------
+    def subscribe(self, view: View) -> Subscription:
+        sub = Subscription(view)
+        self._attach(sub)
+        self._ensure_running()
+        return sub
+
+    def change_view(self, sub: Subscription, view: View) -> None:
+        self._detach(sub)
+        sub.view = view
+        self._attach(sub)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._detach(sub)
+        sub.mailbox.close()
+
+    def sockets(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._views.values())
+
+    def _attach(self, sub: Subscription) -> None:
+        """Register and deliver the view's current frame at once (a frame on connect):
+        the frame other sockets on this view last got, or a fresh one for a new view."""
+        key = view_key(sub.view)
+        with self._lock:
+            payload = self._last_payload.get(key)
+            if payload is not None:
+                self._views[key].add(sub)
+        if payload is None:
+            now = _now_ms()
+            cells, next_expiry = self.live.snapshot(sub.view.precision, now)
+            frame = build_frame(cells, sub.view, now, "live")
+            payload = _dumps(frame)
+            with self._lock:
+                if key not in self._last_payload:
+                    self._last_cells[key] = frame["cells"]
+                    self._last_payload[key] = payload
+                else:  # another socket opened this view meanwhile; its state is as new
+                    payload = self._last_payload[key]
+                self._views[key].add(sub)
+                self._note_expiry(next_expiry)
+        sub.mailbox.put_frame(payload)
+
+    def _detach(self, sub: Subscription) -> None:
+        with self._lock:
+            key = view_key(sub.view)
+            members = self._views.get(key)
+            if members is not None:
+                members.discard(sub)
+                if not members:
+                    del self._views[key]
+                    self._last_cells.pop(key, None)
+                    self._last_payload.pop(key, None)
+
+    def _note_expiry(self, next_expiry: int | None) -> None:
+        if next_expiry is not None and (
+            self._next_expiry_ms is None or next_expiry < self._next_expiry_ms
+        ):
+            self._next_expiry_ms = next_expiry
+
+    # --- the hub thread ---------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="live-hub", daemon=True)
+                self._thread.start()
+                self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        listener = threading.Thread(target=self._listen, name="live-hub-pubsub", daemon=True)
+        listener.start()
+        interval = 1.0 / self.settings.live_fps
+        last_build = 0.0
+        while not self._stop.is_set():
+            # sleep until a batch changed counts, or the oldest driver is due to expire
+            expiry = self._next_expiry_ms
+            timeout = 1.0 if expiry is None else min(1.0, max(0.0, (expiry - _now_ms()) / 1000))
+            self._dirty.wait(timeout)
+            due = expiry is not None and _now_ms() >= expiry
+            if self._stop.is_set() or not (self._dirty.is_set() or due):
+                continue
+            # at most LIVE_FPS rounds a second; changes arriving meanwhile join the round
+            self._stop.wait(max(0.0, last_build + interval - time.monotonic()))
+            self._dirty.clear()
+            with self._lock:
+                if not self._views:
+                    self._next_expiry_ms = None
+                    continue
+            last_build = time.monotonic()
+            try:
+                self.build_and_deliver()
+            except redis.RedisError as exc:
+                log.warning("live hub: cannot read live counts: %s", exc)
+                self._dirty.set()
+                self._stop.wait(1.0)
+
+    def build_and_deliver(self) -> int:
+        """One round: counts once per precision, one frame per view, to every mailbox
+        whose view changed. Returns the number of frames built."""
+        started = time.perf_counter()
+        with self._lock:
+            views = {key: (next(iter(subs)).view, list(subs)) for key, subs in self._views.items()}
+            self._next_expiry_ms = None
+        now = _now_ms()
+        by_precision: dict[int, dict[str, int]] = {}
+        built = 0
+        for key, (view, subs) in views.items():
+            if view.precision not in by_precision:
+                cells, next_expiry = self.live.snapshot(view.precision, now)
+                by_precision[view.precision] = cells
+                with self._lock:
+                    self._note_expiry(next_expiry)
+            frame = build_frame(by_precision[view.precision], view, now, "live")
+            built += 1
+            if self._last_cells.get(key) == frame["cells"]:
+                continue
+            payload = _dumps(frame)
+            with self._lock:
+                self._last_cells[key] = frame["cells"]
+                self._last_payload[key] = payload
+            for sub in subs:
+                sub.mailbox.put_frame(payload)
+        self.builds += built
+        metrics.incr(
+            self.redis,
+            self.settings.redis_key_prefix,
+            {
+                "live_frame_rounds": 1,
+                "live_frames_built": built,
+                "live_frame_seconds": time.perf_counter() - started,
+            },
+        )
+        return built
+
+    def _listen(self) -> None:
+        channel = self.live.keys.changed_channel
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                self._dirty.set()  # anything may have changed while we were away
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self._dirty.set()
+            except redis.RedisError as exc:
+                log.warning("live hub: change channel lost (%s); resubscribing", exc)
+                self._stop.wait(1.0)
+            finally:
+                pubsub.close()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"))

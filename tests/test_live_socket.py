@@ -1,0 +1,179 @@
+"""WS /ws/live on a real server over real Redis: a frame on connect, change-driven frames
+capped at LIVE_FPS, view changes, bad messages, and a slow reader that never makes the
+server queue more than one frame."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+import websocket
+
+from app import create_app
+from app.auth import mint_token
+from app.live_counts import LiveCounts
+from app.ping import Ping
+from tests.conftest import ServedApp
+
+VI = (6.4281, 3.4219)  # s14ktf5y
+YABA = (6.5095, 3.3711)  # s14mh9nb
+
+
+@pytest.fixture
+def live(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    yield LiveCounts(client, settings)
+    client.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def connect(served: ServedApp, settings, query: str = "precision=5", **kw: Any) -> Any:
+    token = mint_token(settings, "viewer")
+    return websocket.create_connection(
+        f"{served.ws}/ws/live?{query}&token={token}", timeout=5, **kw
+    )
+
+
+def frames_until(ws: Any, predicate: Any, timeout: float = 5) -> list[dict]:
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            msg = json.loads(ws.recv())
+        except websocket.WebSocketTimeoutException:
+            break
+        seen.append(msg)
+        if predicate(msg):
+            return seen
+    raise AssertionError(f"no matching message within {timeout}s; got {seen}")
+
+
+def test_frame_on_connect_then_frames_on_change_only(settings, live, served):
+    live.apply([Ping("a", *VI, now_ms()), Ping("b", *YABA, now_ms())], now_ms())
+    ws = connect(served, settings)
+    first = json.loads(ws.recv())
+    assert first["type"] == "frame" and first["mode"] == "live" and first["precision"] == 5
+    assert first["cells"] == [["s14kt", 1], ["s14mh", 1]]
+    assert (first["total"], first["max"]) == (2, 1)
+
+    # nothing changes: nothing is sent
+    ws.settimeout(1.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv()
+
+    # driver a moves to Yaba: one frame with the new counts
+    live.apply([Ping("a", *YABA, now_ms())], now_ms())
+    ws.settimeout(5)
+    moved = json.loads(ws.recv())
+    assert moved["cells"] == [["s14mh", 2]]
+    assert (moved["total"], moved["max"]) == (2, 2)
+    ws.close()
+
+
+def test_frames_are_capped_at_live_fps(settings, served, live):
+    ws = connect(served, settings, "precision=8")
+    assert json.loads(ws.recv())["cells"] == []
+    received: list[tuple[float, dict]] = []
+    start = time.monotonic()
+
+    def read() -> None:
+        ws.settimeout(1.5)
+        try:
+            while True:
+                msg = json.loads(ws.recv())
+                msg["recv"] = time.time()
+                received.append((time.monotonic() - start, msg))
+        except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
+            pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    # 30 changes in 3 s; LIVE_FPS is 2
+    for i in range(30):
+        live.apply([Ping("runner", 6.40 + i * 0.001, 3.40, now_ms())], now_ms())
+        time.sleep(0.1)
+    reader.join(10)
+    ws.close()
+    assert 4 <= len(received) <= 2 * 4 + 1, [
+        (round(t, 3), m.get("t"), m.get("cells")) for t, m in received
+    ]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(received)]
+    assert min(gaps) >= 0.4, [
+        (round(t, 3), m.get("t"), m["recv"]) for t, m in received
+    ]  # 1 / LIVE_FPS, less scheduling jitter
+    # the last frame shows the final position
+    last_cell = received[-1][1]["cells"]
+    assert len(last_cell) == 1 and last_cell[0][1] == 1
+
+
+def test_view_follows_pan_and_zoom_and_bad_messages_do_not_end_the_stream(settings, served, live):
+    t = now_ms()
+    live.apply([Ping("a", *VI, t), Ping("b", *YABA, t), Ping("c", *YABA, t)], t)
+    ws = connect(served, settings, "precision=6&bbox=3.36,6.50,3.385,6.52")
+    assert json.loads(ws.recv())["cells"] == [["s14mh9", 2]]
+
+    ws.send(json.dumps({"op": "view", "precision": 4, "bbox": [3.3, 6.3, 3.5, 6.7]}))
+    frame = frames_until(ws, lambda m: m.get("precision") == 4)[-1]
+    assert frame["cells"] == [["s14k", 1], ["s14m", 2]]
+    assert frame["bbox"] == [3.3, 6.3, 3.5, 6.7]
+
+    ws.send("not json")
+    ws.send(json.dumps({"op": "view", "precision": 9}))
+    ws.send(json.dumps({"op": "dance"}))
+    errors = [json.loads(ws.recv()) for _ in range(3)]
+    assert [e["type"] for e in errors] == ["error"] * 3
+    assert errors[0]["message"] == "message is not JSON"
+    assert "precision" in errors[1]["message"]
+    assert "dance" in errors[2]["message"]
+
+    live.apply([Ping("d", *VI, now_ms())], now_ms())
+    frame = frames_until(ws, lambda m: m.get("type") == "frame")[-1]
+    assert frame["cells"] == [["s14k", 2], ["s14m", 2]]
+    ws.close()
+
+
+def test_slow_reader_gets_the_newest_frame_not_a_queue(settings, live):
+    app = create_app(settings.with_(live_fps=10.0))
+    served = ServedApp(app)
+    try:
+        ws = connect(
+            served, settings, "precision=8", sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+        )
+        hub = app.extensions["heatreplay"].live_hub
+        # big frames (8,000 cells, ~170 kB) changing at 10 fps while the client reads
+        # nothing: 50 of them exceed what the kernel buffers (4 MB send buffer here)
+        t = now_ms()
+        live.apply(
+            [
+                Ping(f"d{i}", 6.3 + (i % 100) * 0.004, 3.2 + (i // 100) * 0.004, t)
+                for i in range(8000)
+            ],
+            t,
+        )
+        for step in range(50):
+            live.apply([Ping(f"d{step}", 6.75, 3.75 + step * 0.0004, now_ms())], now_ms())
+            time.sleep(0.1)
+        subs = [s for members in hub._views.values() for s in members]
+        assert len(subs) == 1
+        mailbox = subs[0].mailbox
+        # the server held at most one unsent frame and dropped the stale ones
+        assert mailbox.replaced > 10
+        assert len(mailbox.take(timeout=0)) <= 1
+        # when the client finally reads, it catches up to the newest state
+        live.apply([Ping("final", 6.9, 3.9, now_ms())], now_ms())
+        frame = frames_until(ws, lambda m: ["s14z28pg", 1] in m["cells"], timeout=30)[-1]
+        assert frame["total"] == 8001
+        ws.close()
+    finally:
+        served.close()
+        app.extensions["heatreplay"].close()
