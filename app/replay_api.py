@@ -166,10 +166,12 @@ def _serve_replay(session: WsSession) -> None:
     )
     try:
         while True:
-            t = pb.due(clock.now())
+            now = clock.now()
+            t = pb.due(now)
             if t is not None:
                 send_json(ws, frame_at(view, t))
-                if pb.shown(t, clock.now()):
+                # the budget runs from when the frame was due, not from when it was sent
+                if pb.shown(t, now):
                     send_json(ws, {"type": "end"})
                 continue
             raw = ws.receive(timeout=clock.max_wait(pb.wait(clock.now())))

@@ -102,7 +102,8 @@ class Playback:
         """The simulated time of the frame to show now, or None."""
         if self._pending is not None:
             return self._pending
-        if not self.playing or now < self._last_shown + self.min_interval_s:
+        # a microsecond of slack on the budget: float clocks must not miss what they reach
+        if not self.playing or now + 1e-6 < self._last_shown + self.min_interval_s:
             return None
         sim = self._sim_at(now)
         if sim + 1e-3 >= self.end_ms:
