@@ -273,3 +273,11 @@ def served(app: Any) -> Iterator[ServedApp]:
     server = ServedApp(app)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One Debian Chromium for every browser test (tests/browser_fixtures.py)."""
+    from tests.browser_fixtures import launch_browser
+
+    yield from launch_browser()
