@@ -86,14 +86,15 @@ export function socketUrl(path, params = {}) {
  * After a socket failed, ask an ordinary endpoint whether the token is the problem.
  * A browser never sees the HTTP status of a refused WebSocket handshake (it just
  * gets close code 1006), so this is how we tell "not authorised" from "server down".
- * Returns 'unauthorised', 'ok' or 'unknown' (server unreachable or other error).
+ * Returns {verdict, reason}: verdict 'unauthorised', 'ok' or 'unknown' (server
+ * unreachable or another error); reason is the server's message for a refusal.
  */
 export async function probeAuth(view) {
     try {
         await apiGet('api/live', { precision: view.precision, bbox: view.bbox });
-        return 'ok';
+        return { verdict: 'ok', reason: '' };
     } catch (err) {
-        if (err instanceof AuthError) return 'unauthorised';
-        return 'unknown';
+        if (err instanceof AuthError) return { verdict: 'unauthorised', reason: err.message };
+        return { verdict: 'unknown', reason: '' };
     }
 }

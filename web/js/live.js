@@ -11,6 +11,10 @@ import { ReconnectingSocket, isAuthMessage } from './socket.js';
  * @param {(message: string) => void} o.onServerError
  */
 export function createLive({ getView, onFrame, onState, onServerError }) {
+    // 'live' is shown once a frame has arrived on this connection, not on open: a
+    // server that accepts and then refuses (expired token, too many sockets) must not
+    // flash 'live' first.
+    let serving = false;
     const socket = new ReconnectingSocket({
         url: () => {
             const view = getView();
@@ -18,13 +22,21 @@ export function createLive({ getView, onFrame, onState, onServerError }) {
         },
         probeAuth: () => probeAuth(getView()),
         onMessage(msg) {
-            if (msg.type === 'frame') onFrame(msg);
+            if (msg.type === 'frame') {
+                if (!serving) {
+                    serving = true;
+                    onState('live');
+                }
+                onFrame(msg);
+            }
             // Auth errors precede a 4401/4403 close; the not-authorised panel says it.
             else if (msg.type === 'error' && !isAuthMessage(msg)) onServerError(msg.message || msg.error || 'server error');
         },
         onStatus(status, detail) {
-            // 'open' is the live state; 'closed' cannot happen (live always reconnects).
-            onState(status === 'open' ? 'live' : status, detail);
+            // 'open' waits for the first frame; 'closed' cannot happen (live always reconnects).
+            if (status === 'open') return;
+            serving = false;
+            onState(status, detail);
         },
     });
 

@@ -42,13 +42,15 @@ export function legendRows() {
 
 // Smooth-heat mapping. leaflet.heat draws each point with opacity value/max and
 // colours pixels by that accumulated opacity through `gradient`. We fix max = 1 and
-// feed it a fixed log mapping of the absolute count, so 1 driver → 0.3 and 50+
-// drivers → 1.0; the gradient stops sit at the thresholds' intensities, so an
+// feed it a fixed log mapping of the absolute count, so 1 driver → 0.5 and 50+
+// drivers → 1.0 (the intensity is also the drawn opacity: seen in a browser, a lone
+// driver at 0.3 was a faint smudge a person could miss, 0.5 reads as the legend's
+// first colour); the gradient stops sit at the thresholds' intensities, so an
 // isolated cell's centre takes its legend colour. (Neighbouring blobs add up where
 // they overlap, so smooth heat reads a little hotter between busy cells; the grid
 // style is the exact per-cell view.)
 export const HEAT_MAX = 1;
-const FLOOR = 0.3;
+const FLOOR = 0.5;
 const TOP = THRESHOLDS[THRESHOLDS.length - 1];
 
 export function intensityFor(value) {

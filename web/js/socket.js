@@ -2,9 +2,12 @@
 //
 // Reconnects after any unexpected close with exponential backoff (0.5 s doubling to
 // 10 s) and "equal jitter" (half fixed, half random) so a server restart is not met
-// by every browser at the same instant. The backoff resets once a message arrives,
-// not on open: a server that accepts and immediately drops us must not get a
-// tight loop.
+// by every browser at the same instant. The backoff resets once the server serves us
+// (a message that is not an error), not on open: a server that accepts, says why it
+// will not serve us and drops us must not get a tight loop.
+//
+// Too many sockets (close 4429) is worth retrying — another tab may close — but only
+// slowly: it starts at TOO_MANY_START_ATTEMPT of the backoff (2–4 s) and keeps growing.
 //
 // Auth failures stop the loop: retrying a bad token forever helps no one. They are
 // recognised by close code 4401/4403, by a close reason or an error message that
@@ -15,6 +18,8 @@ export const BACKOFF_START_MS = 500;
 export const BACKOFF_MAX_MS = 10000;
 
 const AUTH_CODES = new Set([4401, 4403]);
+export const CLOSE_TOO_MANY_SOCKETS = 4429;
+export const TOO_MANY_START_ATTEMPT = 3;
 // Codes that say "your request is wrong"; retrying the same URL would not help.
 const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 4400]);
 const AUTH_WORDS = /unauthori[sz]ed|forbidden|invalid[_ ]token|missing[_ ]token|not authori[sz]ed|\b401\b|\b403\b/i;
@@ -37,7 +42,8 @@ export class ReconnectingSocket {
      * @param {(msg: object) => void} o.onMessage   parsed JSON messages
      * @param {(status: string, detail?: string) => void} o.onStatus
      *        'connecting' | 'open' | 'reconnecting' | 'unauthorised' | 'error' | 'closed'
-     * @param {() => Promise<string>} [o.probeAuth]  'unauthorised' | 'ok' | 'unknown'
+     * @param {() => Promise<string | {verdict: string, reason?: string}>} [o.probeAuth]
+     *        verdict 'unauthorised' | 'ok' | 'unknown', reason: the server's words
      * @param {() => boolean} [o.shouldReconnect]   false → an unexpected close ends it
      * @param {() => void} [o.onOpen]
      */
@@ -97,6 +103,7 @@ export class ReconnectingSocket {
         this.ws = ws;
         let opened = false;
         let authHint = false;
+        let lastError = ''; // the server's last error message: why it refused or closed
         ws.onopen = () => {
             opened = true;
             this.onStatus('open');
@@ -109,32 +116,41 @@ export class ReconnectingSocket {
             } catch {
                 return; // not ours to crash on; the server only sends JSON
             }
-            this.attempt = 0;
-            if (isAuthMessage(msg)) authHint = true;
+            if (msg && msg.type === 'error') {
+                lastError = String(msg.message || msg.error || '');
+                if (isAuthMessage(msg)) authHint = true;
+            } else {
+                this.attempt = 0;
+            }
             this.onMessage(msg);
         };
         ws.onclose = (ev) => {
             if (this.ws !== ws) return; // superseded by stop() or a newer socket
             this.ws = null;
             if (this.stopped) return;
-            this._afterClose(ev, opened, authHint);
+            this._afterClose(ev, opened, authHint, lastError);
         };
     }
 
-    async _afterClose(ev, opened, authHint) {
+    async _afterClose(ev, opened, authHint, lastError = '') {
+        const why = ev.reason || lastError;
         if (authHint || AUTH_CODES.has(ev.code) || AUTH_WORDS.test(ev.reason || '')) {
-            this._giveUp('unauthorised', ev.reason);
+            this._giveUp('unauthorised', why);
             return;
         }
-        if (!opened || FATAL_CODES.has(ev.code)) {
-            const verdict = this.probeAuth ? await this.probeAuth() : 'unknown';
+        const tooMany = ev.code === CLOSE_TOO_MANY_SOCKETS;
+        if (tooMany) {
+            this.attempt = Math.max(this.attempt, TOO_MANY_START_ATTEMPT);
+        } else if (!opened || FATAL_CODES.has(ev.code)) {
+            const probe = this.probeAuth ? await this.probeAuth() : 'unknown';
+            const verdict = typeof probe === 'string' ? probe : probe && probe.verdict;
             if (this.stopped || this.ws) return; // stopped or restarted meanwhile
             if (verdict === 'unauthorised') {
-                this._giveUp('unauthorised', ev.reason);
+                this._giveUp('unauthorised', why || (probe && probe.reason) || '');
                 return;
             }
             if (FATAL_CODES.has(ev.code)) {
-                this._giveUp('error', ev.reason || `closed with code ${ev.code}`);
+                this._giveUp('error', why || `closed with code ${ev.code}`);
                 return;
             }
         }
@@ -145,7 +161,8 @@ export class ReconnectingSocket {
         }
         const delay = backoffDelay(this.attempt);
         this.attempt += 1;
-        this.onStatus('reconnecting', `retry in ${(delay / 1000).toFixed(1)} s`);
+        const retry = `retry in ${(delay / 1000).toFixed(1)} s`;
+        this.onStatus('reconnecting', tooMany && why ? `${why}; ${retry}` : retry);
         this.timer = setTimeout(() => {
             this.timer = null;
             if (!this.stopped) this._connect('reconnecting');

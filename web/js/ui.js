@@ -38,6 +38,12 @@ export function setState(state, detail = '') {
     authPanel.hidden = state !== 'unauthorised';
     errorPanel.hidden = state !== 'error';
     if (state === 'error') $('error-detail').textContent = detail || 'The connection failed.';
+    if (state === 'unauthorised') {
+        // The server's own words ("token expired", "needs the 'viewer' role"): they say
+        // what to do next, which "not authorised" alone does not.
+        $('auth-reason').textContent = detail ? `The server said: ${detail}` : '';
+        $('auth-reason').hidden = !detail;
+    }
 }
 
 /** Record a drawn frame on #heat-state and in the visible counters. */
