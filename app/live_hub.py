@@ -94,6 +94,7 @@ class LiveHub:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
         self._next_expiry_ms: int | None = None
         self.builds = 0
 
@@ -105,8 +106,10 @@ class LiveHub:
         return sub
 
     def change_view(self, sub: Subscription, view: View) -> None:
-        self._detach(sub)
-        sub.view = view
+        with self._lock:
+            self._detach_locked(sub)
+            # from here on no round delivers the old view's frames to this socket
+            sub.view = view
         self._attach(sub)
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -142,14 +145,17 @@ class LiveHub:
 
     def _detach(self, sub: Subscription) -> None:
         with self._lock:
-            key = view_key(sub.view)
-            members = self._views.get(key)
-            if members is not None:
-                members.discard(sub)
-                if not members:
-                    del self._views[key]
-                    self._last_cells.pop(key, None)
-                    self._last_payload.pop(key, None)
+            self._detach_locked(sub)
+
+    def _detach_locked(self, sub: Subscription) -> None:
+        key = view_key(sub.view)
+        members = self._views.get(key)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._views[key]
+                self._last_cells.pop(key, None)
+                self._last_payload.pop(key, None)
 
     def _note_expiry(self, next_expiry: int | None) -> None:
         if next_expiry is not None and (
@@ -168,11 +174,13 @@ class LiveHub:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in (self._thread, self._listener):
+            if thread is not None:
+                thread.join(5)
 
     def _run(self) -> None:
         listener = threading.Thread(target=self._listen, name="live-hub-pubsub", daemon=True)
+        self._listener = listener
         listener.start()
         interval = 1.0 / self.settings.live_fps
         last_build = 0.0
@@ -204,12 +212,12 @@ class LiveHub:
         whose view changed. Returns the number of frames built."""
         started = time.perf_counter()
         with self._lock:
-            views = {key: (next(iter(subs)).view, list(subs)) for key, subs in self._views.items()}
+            views = {key: next(iter(subs)).view for key, subs in self._views.items()}
             self._next_expiry_ms = None
         now = _now_ms()
         by_precision: dict[int, dict[str, int]] = {}
         built = 0
-        for key, (view, subs) in views.items():
+        for key, view in views.items():
             if view.precision not in by_precision:
                 cells, next_expiry = self.live.snapshot(view.precision, now)
                 by_precision[view.precision] = cells
@@ -221,10 +229,13 @@ class LiveHub:
                 continue
             payload = _dumps(frame)
             with self._lock:
+                members = self._views.get(key)
+                if not members:
+                    continue  # every socket left or moved on while we read
                 self._last_cells[key] = frame["cells"]
                 self._last_payload[key] = payload
-            for sub in subs:
-                sub.mailbox.put_frame(payload)
+                for sub in members:
+                    sub.mailbox.put_frame(payload)
         self.builds += built
         metrics.incr(
             self.redis,
@@ -247,7 +258,9 @@ class LiveHub:
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=1.0) is not None:
                         self._dirty.set()
-            except redis.RedisError as exc:
+            except Exception as exc:  # closed under us at shutdown, or Redis went away
+                if self._stop.is_set():
+                    return
                 log.warning("live hub: change channel lost (%s); resubscribing", exc)
                 self._stop.wait(1.0)
             finally:

@@ -19,6 +19,7 @@ from app import create_app
 from app.auth import mint_token
 from app.live_counts import LiveCounts
 from app.ping import Ping
+from replay.heat import parse_time_ms
 from tests.conftest import ServedApp
 
 VI = (6.4281, 3.4219)  # s14ktf5y
@@ -107,10 +108,10 @@ def test_frames_are_capped_at_live_fps(settings, served, live):
     assert 4 <= len(received) <= 2 * 4 + 1, [
         (round(t, 3), m.get("t"), m.get("cells")) for t, m in received
     ]
-    gaps = [b[0] - a[0] for a, b in itertools.pairwise(received)]
-    assert min(gaps) >= 0.4, [
-        (round(t, 3), m.get("t"), m["recv"]) for t, m in received
-    ]  # 1 / LIVE_FPS, less scheduling jitter
+    # the server stamps each frame with the time its round ran: rounds are >= 1/LIVE_FPS
+    # apart (checked on the server's clock, not on arrival times, which load can bunch)
+    stamps = [parse_time_ms(m["t"]) for _, m in received]
+    assert min(b - a for a, b in itertools.pairwise(stamps)) >= 500, stamps
     # the last frame shows the final position
     last_cell = received[-1][1]["cells"]
     assert len(last_cell) == 1 and last_cell[0][1] == 1
