@@ -13,7 +13,7 @@ from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 
 from app import sock
 from app.auth import require_role
-from app.live_hub import Mailbox
+from app.live_hub import Mailbox, with_live_markers
 from app.services import services
 from app.ws import WsSession, parse_message, send_json, ws_session
 from replay.heat import View, ViewError, build_frame, parse_view
@@ -23,8 +23,9 @@ bp = Blueprint("live", __name__)
 
 def live_frame(view: View, now_ms: int | None = None) -> dict[str, Any]:
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    cells = services().live.cells(view.precision, now)
-    return build_frame(cells, view, now, "live")
+    svc = services()
+    frame = build_frame(svc.live.cells(view.precision, now), view, now, "live")
+    return with_live_markers(svc.live, svc.settings, view, frame)
 
 
 @bp.get("/api/live")

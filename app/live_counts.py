@@ -5,6 +5,7 @@ Keys (all share the hash tag ``{prefix}`` so a script may touch them in Redis Cl
   {p}:seen       zset   driver scored by that ts          to expire quiet drivers
   {p}:c:1..8     hash   cell -> distinct drivers there    one hash per precision
   {p}:pos        hash   driver -> "lat,lon,heading,speed" latest position (markers)
+  {p}:m:<gh6>    set    drivers whose latest ping is in that geohash-6 cell (markers)
   {p}:cutoff     string the newest window start applied   (monotonic)
   {p}:changed    pub/sub channel: a batch changed counts
 
@@ -26,6 +27,8 @@ from app.ping import Ping
 from app.settings import Settings
 
 PRECISIONS = range(1, 9)
+# (driver_id, geohash-8 cell, lat, lon, heading or None)
+MarkerCandidate = tuple[str, str, float, float, float | None]
 STORED_PRECISION = 8
 
 _LUA = """
@@ -44,6 +47,9 @@ local function dec(p, cell)
   end
 end
 
+-- drivers per geohash-6 cell, for markers at street zoom ({p}:m:<gh6>, same hash tag)
+local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
+
 local changed = 0
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 for _, d in ipairs(gone) do
@@ -51,6 +57,7 @@ for _, d in ipairs(gone) do
   if v then
     local gh = string.sub(v, string.find(v, ':', 1, true) + 1)
     for p = 1, 8 do dec(p, string.sub(gh, 1, p)) end
+    redis.call('SREM', mprefix .. string.sub(gh, 1, 6), d)
     redis.call('HDEL', KEYS[1], d)
     redis.call('HDEL', KEYS[4], d)
     changed = changed + 1
@@ -74,6 +81,11 @@ for i = 3, #ARGV, 4 do
       redis.call('ZADD', KEYS[2], ts_s, d)
       redis.call('HSET', KEYS[4], d, ARGV[i + 3])
       if old_gh ~= gh then
+        local new6 = string.sub(gh, 1, 6)
+        if not old_gh or string.sub(old_gh, 1, 6) ~= new6 then
+          if old_gh then redis.call('SREM', mprefix .. string.sub(old_gh, 1, 6), d) end
+          redis.call('SADD', mprefix .. new6, d)
+        end
         for p = 1, 8 do
           local b = string.sub(gh, 1, p)
           local a = old_gh and string.sub(old_gh, 1, p)
@@ -189,6 +201,31 @@ class LiveCounts:
             raise ValueError("precision must be 1..8")
         _, cells, next_expiry = self._run(now_ms, precision, [])
         return cells, next_expiry
+
+    def marker_candidates(self, cells6: Iterable[str]) -> list[MarkerCandidate]:
+        """Active drivers in the given geohash-6 cells with their position: two round
+        trips (the cells' driver sets, then the drivers' cells and positions)."""
+        names = sorted(set(cells6))
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for cell in names:
+            pipe.smembers(f"{self.settings.redis_key_prefix}m:{cell}")
+        drivers = sorted({_text(d) for members in pipe.execute() for d in members})
+        if not drivers:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.keys.drv, drivers)
+        pipe.hmget(self.keys.pos, drivers)
+        latest, positions = pipe.execute()
+        out: list[MarkerCandidate] = []
+        for driver, last, pos in zip(drivers, latest, positions, strict=True):
+            if last is None or pos is None:
+                continue  # expired between the two reads
+            cell8 = _text(last).split(":", 1)[1]
+            lat, lon, heading, _speed = _text(pos).split(",")
+            out.append((driver, cell8, float(lat), float(lon), float(heading) if heading else None))
+        return out
 
     def positions(self, drivers: Iterable[str]) -> dict[str, str]:
         names = list(drivers)

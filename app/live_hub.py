@@ -24,7 +24,7 @@ import redis
 from app import metrics
 from app.live_counts import LiveCounts
 from app.settings import Settings
-from replay.heat import View, build_frame
+from replay.heat import View, attach_markers, build_frame, markers_wanted
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class LiveHub:
         self.live = LiveCounts(client, settings)
         self._lock = threading.Lock()
         self._views: dict[tuple[Any, ...], set[Subscription]] = defaultdict(set)
-        self._last_cells: dict[tuple[Any, ...], list[Any]] = {}
+        self._last_cells: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._last_payload: dict[tuple[Any, ...], str] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -131,11 +131,11 @@ class LiveHub:
         if payload is None:
             now = _now_ms()
             cells, next_expiry = self.live.snapshot(sub.view.precision, now)
-            frame = build_frame(cells, sub.view, now, "live")
+            frame = self._frame(cells, sub.view, now)
             payload = _dumps(frame)
             with self._lock:
                 if key not in self._last_payload:
-                    self._last_cells[key] = frame["cells"]
+                    self._last_cells[key] = _content(frame)
                     self._last_payload[key] = payload
                 else:  # another socket opened this view meanwhile; its state is as new
                     payload = self._last_payload[key]
@@ -223,16 +223,16 @@ class LiveHub:
                 by_precision[view.precision] = cells
                 with self._lock:
                     self._note_expiry(next_expiry)
-            frame = build_frame(by_precision[view.precision], view, now, "live")
+            frame = self._frame(by_precision[view.precision], view, now)
             built += 1
-            if self._last_cells.get(key) == frame["cells"]:
+            if self._last_cells.get(key) == _content(frame):
                 continue
             payload = _dumps(frame)
             with self._lock:
                 members = self._views.get(key)
                 if not members:
                     continue  # every socket left or moved on while we read
-                self._last_cells[key] = frame["cells"]
+                self._last_cells[key] = _content(frame)
                 self._last_payload[key] = payload
                 for sub in members:
                     sub.mailbox.put_frame(payload)
@@ -247,6 +247,11 @@ class LiveHub:
             },
         )
         return built
+
+    def _frame(self, cells: dict[str, int], view: View, now: int) -> dict[str, Any]:
+        return with_live_markers(
+            self.live, self.settings, view, build_frame(cells, view, now, "live")
+        )
 
     def _listen(self) -> None:
         channel = self.live.keys.changed_channel
@@ -265,6 +270,21 @@ class LiveHub:
                 self._stop.wait(1.0)
             finally:
                 pubsub.close()
+
+
+def with_live_markers(
+    live: LiveCounts, settings: Settings, view: View, frame: dict[str, Any]
+) -> dict[str, Any]:
+    """Street-zoom frames carry the drivers themselves (see replay.heat.attach_markers)."""
+    if markers_wanted(view, frame, settings.markers_min_precision, settings.markers_max):
+        cells6 = {cell[:6] for cell, _ in frame["cells"]}
+        attach_markers(frame, live.marker_candidates(cells6))
+    return frame
+
+
+def _content(frame: dict[str, Any]) -> tuple[Any, Any]:
+    """What a viewer sees change: the cells, and the markers when there are any."""
+    return frame["cells"], frame.get("markers")
 
 
 def _now_ms() -> int:

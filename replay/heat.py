@@ -9,7 +9,7 @@ shapes the frame, so a view means exactly the same thing in both modes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -155,6 +155,29 @@ def build_frame(counts: Mapping[str, int], view: View, t_ms: int, mode: str) -> 
     }
     if bbox is not None:
         frame["bbox"] = bbox.as_list()
+    return frame
+
+
+def markers_wanted(view: View, frame: Mapping[str, Any], min_precision: int, cap: int) -> bool:
+    """Markers at street zoom only, and only while the view holds at most ``cap``
+    drivers: beyond that the heat says more than a cloud of pins."""
+    return view.precision >= min_precision and 0 < int(frame["total"]) <= cap
+
+
+def attach_markers(
+    frame: dict[str, Any],
+    candidates: Iterable[tuple[str, str, float, float, float | None]],
+) -> dict[str, Any]:
+    """Add ``markers`` (SPEC extension): ``[driver_id, lat, lon, heading]`` for exactly
+    the drivers the frame's cells count, sorted by driver id. A candidate is
+    (driver_id, geohash-8 cell, lat, lon, heading)."""
+    precision = int(frame["precision"])
+    shown = {cell for cell, _ in frame["cells"]}
+    frame["markers"] = sorted(
+        [driver, round(lat, 6), round(lon, 6), heading]
+        for driver, cell8, lat, lon, heading in candidates
+        if cell8[:precision] in shown
+    )
     return frame
 
 
