@@ -57,6 +57,7 @@ class Page:
         self.name = name
         self.errors: list[str] = []
         self.sockets: list[str] = []  # URLs of every WebSocket the page opened
+        self.socket_times: list[float] = []  # time.monotonic() of each opening
         self.sent: list[dict[str, Any]] = []  # JSON messages the page sent on them
         self.closes: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
@@ -64,6 +65,7 @@ class Page:
 
     def _on_socket(self, ws: Any) -> None:
         self.sockets.append(ws.url)
+        self.socket_times.append(time.monotonic())
         ws.on("framesent", self._on_sent)
         ws.on("close", lambda w: self.closes.append(w.url))
 
@@ -104,6 +106,18 @@ class Page:
                     raise AssertionError(f"#heat-state never met {list(checks)}; it has {state}")
                 self.page.wait_for_timeout(50)
         return self.state()
+
+    def poll(self, predicate: Any, timeout_s: float = WAIT_MS / 1000) -> Any:
+        """Like conftest.wait_until, but lets Playwright deliver page events meanwhile
+        (the sync API only dispatches them inside its own calls, never in time.sleep)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout_s}s (last: {value!r})")
+            self.page.wait_for_timeout(50)
 
     def text(self, selector: str) -> str:
         return self.page.locator(selector).inner_text()  # type: ignore[no-any-return]

@@ -104,6 +104,7 @@ export class ReconnectingSocket {
         let opened = false;
         let authHint = false;
         let lastError = ''; // the server's last error message: why it refused or closed
+        let lastErrorCode = '';
         ws.onopen = () => {
             opened = true;
             this.onStatus('open');
@@ -118,6 +119,7 @@ export class ReconnectingSocket {
             }
             if (msg && msg.type === 'error') {
                 lastError = String(msg.message || msg.error || '');
+                lastErrorCode = String(msg.error || '');
                 if (isAuthMessage(msg)) authHint = true;
             } else {
                 this.attempt = 0;
@@ -128,17 +130,19 @@ export class ReconnectingSocket {
             if (this.ws !== ws) return; // superseded by stop() or a newer socket
             this.ws = null;
             if (this.stopped) return;
-            this._afterClose(ev, opened, authHint, lastError);
+            this._afterClose(ev, opened, authHint, lastError, lastErrorCode);
         };
     }
 
-    async _afterClose(ev, opened, authHint, lastError = '') {
+    async _afterClose(ev, opened, authHint, lastError = '', lastErrorCode = '') {
         const why = ev.reason || lastError;
         if (authHint || AUTH_CODES.has(ev.code) || AUTH_WORDS.test(ev.reason || '')) {
             this._giveUp('unauthorised', why);
             return;
         }
-        const tooMany = ev.code === CLOSE_TOO_MANY_SOCKETS;
+        // The error message counts too: a proxy (or a dev server) may turn the close
+        // into a bare 1006, losing the code but not the message before it.
+        const tooMany = ev.code === CLOSE_TOO_MANY_SOCKETS || lastErrorCode === 'too_many_sockets';
         if (tooMany) {
             this.attempt = Math.max(this.attempt, TOO_MANY_START_ATTEMPT);
         } else if (!opened || FATAL_CODES.has(ev.code)) {

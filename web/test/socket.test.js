@@ -88,6 +88,20 @@ test('4429: the error message before the close does not reset the backoff', asyn
     socket.stop();
 });
 
+test('4429 lost to a bare 1006 close: the error message still slows the retries', async (t) => {
+    const { socket } = setup(t, (ws) => {
+        ws.message({ type: 'error', error: 'too_many_sockets', message: TOO_MANY });
+        ws.serverClose(1006, '');
+    });
+    socket.start();
+    await flush();
+    assert.equal(socket.attempt, TOO_MANY_START_ATTEMPT + 1);
+    t.mock.timers.tick(backoffDelay(TOO_MANY_START_ATTEMPT, () => 0) - 1);
+    await flush();
+    assert.equal(FakeSocket.made.length, 1);
+    socket.stop();
+});
+
 test('a frame (being served) resets the backoff; an error message does not', async (t) => {
     let serve = false;
     const { socket } = setup(t, (ws) => {
