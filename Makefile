@@ -11,6 +11,7 @@ up: setup
 	$(BIN)/heatreplay up $(ARGS)
 
 test: setup-test
+	cd web && npm test --silent
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 setup: $(STAMP) web-assets
