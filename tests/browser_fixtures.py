@@ -59,6 +59,7 @@ class Page:
         self.sockets: list[str] = []  # URLs of every WebSocket the page opened
         self.socket_times: list[float] = []  # time.monotonic() of each opening
         self.sent: list[dict[str, Any]] = []  # JSON messages the page sent on them
+        self.received: list[dict[str, Any]] = []  # and the ones it received
         self.closes: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         page.on("websocket", self._on_socket)
@@ -66,16 +67,18 @@ class Page:
     def _on_socket(self, ws: Any) -> None:
         self.sockets.append(ws.url)
         self.socket_times.append(time.monotonic())
-        ws.on("framesent", self._on_sent)
+        ws.on("framesent", lambda payload: self._record(self.sent, payload))
+        ws.on("framereceived", lambda payload: self._record(self.received, payload))
         ws.on("close", lambda w: self.closes.append(w.url))
 
-    def _on_sent(self, payload: Any) -> None:
+    @staticmethod
+    def _record(into: list[dict[str, Any]], payload: Any) -> None:
         try:
             msg = json.loads(payload)
         except (TypeError, ValueError):
             return
         if isinstance(msg, dict):
-            self.sent.append(msg)
+            into.append(msg)
 
     def state(self) -> dict[str, str]:
         return self.page.evaluate("() => ({...document.getElementById('heat-state').dataset})")  # type: ignore[no-any-return]
