@@ -1,0 +1,202 @@
+"""1. End-to-end ingest: HTTP batches for a fixed time through the whole pipeline, and in
+the same run the raw binary COPY rate into the same PostGIS table.
+
+"Keeping up" is measured by what the consumers actually processed (the live worker's
+``live_pings`` and the sink's ``sink_rows`` counters in the Redis stats hash, app/metrics.py)
+against what the API accepted (``pings_accepted``), sampled every 0.5 s: on the dev broker
+reported high watermarks trail multi-message batches, so consumer lag from watermarks would
+be wrong. The headline is pipeline rate / raw COPY rate.
+
+    .venv/bin/python -m bench e2e --duration 60 --processes 2 --threads 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from app.ping import Ping
+from app.postgis_sink import COPY_SQL, encode_copy
+from bench.load import LoadGenerator, LoadSpec
+from bench.stack import Stack
+
+SAMPLE_S = 0.5
+
+
+def _counts(stack: Stack) -> tuple[float, float, float]:
+    s = stack.stats()
+    return s.get("pings_accepted", 0.0), s.get("live_pings", 0.0), s.get("sink_rows", 0.0)
+
+
+def raw_copy_rate(stack: Stack, rows: int, chunk: int = 100_000) -> dict[str, Any]:
+    """Binary COPY of ``rows`` pre-encoded pings into the same partitioned ``pings`` table
+    (today's partition, same indexes) the sink writes, one transaction per chunk; the
+    encoding is done before the clock starts, so this is PostgreSQL's limit here."""
+    now_ms = int(time.time() * 1000)
+    streams = []
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        streams.append(
+            encode_copy(
+                [
+                    Ping(
+                        f"raw-{(start + i) % 20_000:06d}",
+                        6.4 + ((start + i) * 7919 % 30_000) / 100_000,
+                        3.1 + ((start + i) * 104_729 % 60_000) / 100_000,
+                        now_ms - (start + i) % 60_000,
+                        30.5,
+                        90.0,
+                    )
+                    for i in range(n)
+                ]
+            )
+        )
+    with stack.connect() as conn:
+        conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (datetime.now(UTC).date(),))
+        started = time.perf_counter()
+        for stream in streams:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                copy.write(stream)
+        elapsed = time.perf_counter() - started
+    return {
+        "raw_copy_rows": rows,
+        "raw_copy_s": round(elapsed, 3),
+        "raw_copy_rows_per_s": round(rows / elapsed),
+    }
+
+
+def run(
+    duration_s: float = 20.0,
+    processes: int = 2,
+    threads: int = 2,
+    batch: int = 5_000,
+    drivers: int = 20_000,
+    raw_rows: int = 500_000,
+    catchup_timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    with Stack("e2e", web_workers=2, web_threads=8) as stack:
+        stack.wait_pipeline_ready()
+        spec = LoadSpec(
+            port=stack.settings.web_port,
+            token=stack.token("ingest"),
+            processes=processes,
+            threads=threads,
+            batch=batch,
+            drivers=drivers,
+        )
+        gen = LoadGenerator(spec).start()
+        a0, l0, s0 = _counts(stack)
+        cpu0 = stack.cpu_snapshot()
+        t0 = time.monotonic()
+        samples: list[tuple[float, float, float, float]] = []
+        try:
+            while time.monotonic() - t0 < duration_s:
+                time.sleep(SAMPLE_S)
+                a, lv, sk = _counts(stack)
+                samples.append((time.monotonic() - t0, a - a0, lv - l0, sk - s0))
+                stack.check_alive()
+        finally:
+            gen.stop()
+        load_s = time.monotonic() - t0
+        cpu1 = stack.cpu_snapshot()
+        errors = gen.errors
+        a_end, l_end, s_end = (x - y for x, y in zip(_counts(stack), (a0, l0, s0), strict=True))
+        # after the load stops: how long until both consumers processed everything accepted
+        live_caught = sink_caught = None
+        deadline = time.monotonic() + catchup_timeout_s
+        stop_t = time.monotonic()
+        while time.monotonic() < deadline and (live_caught is None or sink_caught is None):
+            a, lv, sk = (x - y for x, y in zip(_counts(stack), (a0, l0, s0), strict=True))
+            if live_caught is None and lv >= a:
+                live_caught = time.monotonic() - stop_t
+            if sink_caught is None and sk >= a:
+                sink_caught = time.monotonic() - stop_t
+            time.sleep(0.1)
+        a_final, l_final, s_final = (
+            x - y for x, y in zip(_counts(stack), (a0, l0, s0), strict=True)
+        )
+        raw = raw_copy_rate(stack, raw_rows)
+
+    accepted_rate = a_end / load_s
+    live_rate = l_end / load_s
+    sink_rate = s_end / load_s
+    half = [s for s in samples if s[0] >= load_s / 2]
+    live_lag = [a - lv for _, a, lv, _ in samples]
+    sink_lag = [a - sk for _, a, _, sk in samples]
+
+    def slope(points: list[tuple[float, float]]) -> float:
+        """Least-squares growth of a lag over time (pings/s); ~0 when keeping up."""
+        if len(points) < 2:
+            return 0.0
+        n = len(points)
+        mx = sum(p[0] for p in points) / n
+        my = sum(p[1] for p in points) / n
+        den = sum((p[0] - mx) ** 2 for p in points) or 1.0
+        return sum((p[0] - mx) * (p[1] - my) for p in points) / den
+
+    live_slope = slope([(t, a - lv) for t, a, lv, _ in half])
+    sink_slope = slope([(t, a - sk) for t, a, _, sk in half])
+    # keeping up: everything accepted was processed within 2 s of the load stopping (a
+    # bounded lag) -- a consumer that falls behind needs (lag / its rate) seconds more
+    keeps_live = live_caught is not None and live_caught <= 2.0
+    keeps_sink = sink_caught is not None and sink_caught <= 2.0
+    if keeps_live and keeps_sink:
+        pipeline = accepted_rate
+    elif live_caught is not None and sink_caught is not None:
+        # everything accepted, end to end, over the time until the slower consumer had it
+        pipeline = a_end / (load_s + max(live_caught, sink_caught))
+    else:
+        pipeline = min(accepted_rate, live_rate, sink_rate)
+    cpu = {k: round((cpu1.get(k, 0) - cpu0.get(k, 0)) / load_s * 100) for k in cpu1}
+    return {
+        "load": {
+            "duration_s": round(load_s, 1),
+            "generator": f"{processes} processes x {threads} threads, {batch} pings per "
+            f"request, {drivers} drivers, as fast as accepted",
+        },
+        "accepted_pings": int(a_end),
+        "accepted_pings_per_s": round(accepted_rate),
+        "request_errors": errors,
+        "live_pings_per_s": round(live_rate),
+        "sink_rows_per_s": round(sink_rate),
+        "live_lag_max_pings": int(max(live_lag, default=0)),
+        "sink_lag_max_pings": int(max(sink_lag, default=0)),
+        "live_lag_growth_pings_per_s": round(live_slope),
+        "sink_lag_growth_pings_per_s": round(sink_slope),
+        "live_caught_up_after_s": None if live_caught is None else round(live_caught, 2),
+        "sink_caught_up_after_s": None if sink_caught is None else round(sink_caught, 2),
+        "live_keeps_up": keeps_live,
+        "sink_keeps_up": keeps_sink,
+        "processed_after_catchup": {
+            "accepted": int(a_final),
+            "live": int(l_final),
+            "sink": int(s_final),
+        },
+        "pipeline_pings_per_s": round(pipeline),
+        **raw,
+        "pipeline_over_raw_copy": round(pipeline / raw["raw_copy_rows_per_s"], 3),
+        "cpu_percent_of_one_core": cpu,
+        "timeline": [[round(t, 1), int(a), int(lv), int(sk)] for t, a, lv, sk in samples],
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="per process")
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--drivers", type=int, default=20_000)
+    parser.add_argument("--raw-rows", type=int, default=500_000)
+
+
+def from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return run(
+        duration_s=args.duration,
+        processes=args.processes,
+        threads=args.threads,
+        batch=args.batch,
+        drivers=args.drivers,
+        raw_rows=args.raw_rows,
+    )

@@ -1,0 +1,189 @@
+"""4. Fan-out: N live sockets on one web process, all on one view or each on its own view,
+under a steady background load that changes every view's counts every round.
+
+Per socket: frames delivered per second, and each frame's delay = the moment the client
+received it - the frame's ``t`` (the instant the hub read the counts for it). The
+clients are threads of this process (websocket-client), on the same 2 cores as the
+server, so their own scheduling is part of the delay. Server RSS is the gunicorn
+worker's, sampled every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import websocket
+
+from bench.live_latency import percentile
+from bench.load import LAGOS, LoadGenerator, LoadSpec
+from bench.stack import Stack, rss_kib
+
+_T = re.compile(rb'"t":"([^"]+)"')
+
+
+def _frame_ms(data: bytes) -> float | None:
+    match = _T.search(data, 0, 200)
+    if not match:
+        return None
+    return datetime.fromisoformat(match.group(1).decode().replace("Z", "+00:00")).timestamp() * 1000
+
+
+class Viewer(threading.Thread):
+    def __init__(self, url: str, counting: threading.Event, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.url = url
+        self.counting = counting
+        self.stop = stop
+        self.delays: list[float] = []
+        self.ws: websocket.WebSocket | None = None
+        self.error: str | None = None
+
+    def connect(self) -> None:
+        self.ws = websocket.create_connection(self.url, timeout=30, skip_utf8_validation=True)
+        self.ws.settimeout(1.0)
+        self.start()
+
+    def run(self) -> None:
+        assert self.ws is not None
+        while not self.stop.is_set():
+            try:
+                raw = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketException, OSError) as exc:
+                if not self.stop.is_set():
+                    self.error = repr(exc)
+                return
+            received = time.time() * 1000
+            if self.counting.is_set():
+                data = raw.encode() if isinstance(raw, str) else raw
+                t = _frame_ms(data)
+                if t is not None:
+                    self.delays.append(received - t)
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(websocket.WebSocketException, OSError):
+                self.ws.close(timeout=1)
+
+
+def _views(n: int, scattered: bool, seed: int) -> list[str]:
+    west, south, east, north = LAGOS
+    if not scattered:
+        return [f"precision=6&bbox={west},{south},{east},{north}"] * n
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        w = west + rnd.random() * (east - west - 0.1)
+        s = south + rnd.random() * (north - south - 0.1)
+        out.append(
+            f"precision={rnd.choice((6, 7))}&bbox={w:.4f},{s:.4f},{w + 0.1:.4f},{s + 0.1:.4f}"
+        )
+    return out
+
+
+def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[str, Any]:
+    token = stack.token("viewer")
+    counting, stop = threading.Event(), threading.Event()
+    viewers = [
+        Viewer(f"{stack.ws}/ws/live?{view}&token={token}", counting, stop)
+        for view in _views(n, scattered, seed=n)
+    ]
+    worker = stack.pids()["web"][0]
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda v: v.connect(), viewers))
+    connect_s = time.monotonic() - started
+    time.sleep(1.0)  # past the connect frames
+    peak = 0
+    counting.set()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < measure_s:
+        peak = max(peak, rss_kib(worker))
+        time.sleep(0.2)
+    counting.clear()
+    elapsed = time.monotonic() - t0
+    stop.set()
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda v: v.close(), viewers))
+    for v in viewers:
+        v.join(3)
+    delays = [d for v in viewers for d in v.delays]
+    fps = [len(v.delays) / elapsed for v in viewers]
+    return {
+        "sockets": n,
+        "views": "scattered" if scattered else "one",
+        "connect_s": round(connect_s, 2),
+        "socket_errors": sum(1 for v in viewers if v.error),
+        "socket_error_sample": next((v.error for v in viewers if v.error), None),
+        "frames": len(delays),
+        "fps_per_socket_mean": round(sum(fps) / len(fps), 2),
+        "fps_per_socket_min": round(min(fps), 2),
+        "frame_delay_ms_p50": round(percentile(delays, 50), 1),
+        "frame_delay_ms_p99": round(percentile(delays, 99), 1),
+        "web_worker_rss_mib_peak": round(peak / 1024, 1),
+    }
+
+
+def run(
+    sockets: tuple[int, ...] = (100, 500, 1000),
+    measure_s: float = 10.0,
+    rate: float = 5_000,
+    drivers: int = 5_000,
+) -> dict[str, Any]:
+    most = max(sockets)
+    with Stack(
+        "fanout",
+        processes=("web", "live-worker"),
+        web_workers=1,
+        web_threads=most + 100,
+        # sockets of the previous case may still hold their lease for a moment
+        max_sockets_per_token=3 * most + 100,
+        ws_max_messages_per_s=1000.0,
+    ) as stack:
+        stack.wait_pipeline_ready()
+        spec = LoadSpec(
+            port=stack.settings.web_port,
+            token=stack.token("ingest"),
+            processes=1,
+            threads=1,
+            batch=1_000,
+            drivers=drivers,
+            rate=rate,
+        )
+        idle_rss = stack.rss_mib()["web"]
+        cases = []
+        with LoadGenerator(spec):
+            for scattered in (False, True):
+                for n in sockets:
+                    cases.append(one_case(stack, n, scattered, measure_s))
+                    stack.check_alive()
+    return {
+        "load": {
+            "background_pings_per_s": rate,
+            "drivers": drivers,
+            "live_fps": stack.settings.live_fps,
+            "web": f"1 gunicorn gthread worker, {most + 100} threads",
+            "one_view": "precision 6, all of Lagos",
+            "scattered_views": "each socket its own 0.1 deg box, precision 6 or 7",
+        },
+        "web_worker_rss_mib_idle": idle_rss,
+        "cases": cases,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sockets", default="100,500,1000", help="comma-separated counts")
+    parser.add_argument("--measure", type=float, default=10.0, help="seconds per case")
+
+
+def from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return run(sockets=tuple(int(x) for x in args.sockets.split(",")), measure_s=args.measure)

@@ -1,0 +1,113 @@
+"""The benchmark scripts still run: each item of ``python -m bench`` at a tiny size (a few
+seconds, all five at once on their own scratch stacks), checked for well-formed figures.
+Timing is never asserted here; the figures themselves live in docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ITEMS = ("e2e", "latency", "replay", "fanout", "memory")
+
+
+def _positive(figures: dict[str, Any], *path: str) -> float:
+    value: Any = figures
+    for key in path:
+        assert isinstance(value, dict) and key in value, f"missing {'.'.join(path)}"
+        value = value[key]
+    assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
+    assert value > 0, (path, value)
+    return float(value)
+
+
+def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    procs = {
+        item: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "--smoke",
+                "--out",
+                str(tmp_path / f"{item}.json"),
+                item,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for item in ITEMS
+    }
+    outputs = {
+        item: p.communicate(timeout=240)[0].decode(errors="replace") for item, p in procs.items()
+    }
+    for item, proc in procs.items():
+        assert proc.returncode == 0, f"{item} failed:\n{outputs[item][-3000:]}"
+    reports = {item: json.loads((tmp_path / f"{item}.json").read_text()) for item in ITEMS}
+
+    for item, report in reports.items():
+        machine = report["machine"]
+        assert machine["cores"] >= 1 and machine["python"] and machine["librdkafka"]
+        assert machine["postgresql"] and machine["redis"] and machine["broker"]
+        assert list(report["items"]) == [item]
+        assert "figures" in report["items"][item], report["items"][item].get("error")
+
+    e2e = reports["e2e"]["items"]["e2e"]["figures"]
+    accepted = _positive(e2e, "accepted_pings")
+    rates = ["accepted_pings_per_s", "live_pings_per_s", "sink_rows_per_s"]
+    rates += ["pipeline_pings_per_s", "raw_copy_rows_per_s", "pipeline_over_raw_copy"]
+    for key in rates:
+        _positive(e2e, key)
+    # both consumers ended up with exactly what the API accepted
+    assert e2e["processed_after_catchup"] == {
+        "accepted": accepted, "live": accepted, "sink": accepted
+    }  # fmt: skip
+    assert e2e["request_errors"] == 0
+
+    latency = reports["latency"]["items"]["latency"]["figures"]
+    assert latency["probes"] >= 3 and latency["probes_seen"] == latency["probes"]
+    for key in ("latency_ms_from_accepted_p50", "latency_ms_from_accepted_p99",
+                "latency_ms_from_sent_p99"):  # fmt: skip
+        _positive(latency, key)
+    _positive(latency, "load", "achieved_pings_per_s")
+
+    depth = reports["replay"]["items"]["replay"]["figures"]["depths"][0]
+    assert depth["days"] == 1
+    _positive(depth, "pings")
+    for key in (
+        "frame_at_random_t_geohash_6_all_lagos",
+        "seek_over_the_socket_send_frame_geohash_6",
+    ):
+        _positive(depth, key, "p50_ms")
+        _positive(depth, key, "p95_ms")
+    for key in ("peaks_ms", "timeline_step_60_ms", "stream_fps"):
+        _positive(depth, key)
+
+    cases = reports["fanout"]["items"]["fanout"]["figures"]["cases"]
+    assert [(c["sockets"], c["views"]) for c in cases] == [(5, "one"), (5, "scattered")]
+    for case in cases:
+        assert case["socket_errors"] == 0
+        for key in (
+            "frames",
+            "fps_per_socket_mean",
+            "frame_delay_ms_p99",
+            "web_worker_rss_mib_peak",
+        ):
+            _positive(case, key)
+
+    mem = reports["memory"]["items"]["memory"]["figures"]
+    for name in ("web", "live-worker", "sink", "broker"):
+        _positive(mem, "rss_mib_before", name)
+        _positive(mem, "rss_mib_after", name)
+    by_drivers = mem["redis"]["by_drivers"]
+    assert [d["drivers"] for d in by_drivers] == [50, 200]
+    for d in by_drivers:
+        assert d["drivers_in_window"] == d["drivers"]
+        assert all(b > 0 for b in d["redis_live_bytes_per_round"])
