@@ -4,7 +4,9 @@
 import { apiGet, socketUrl, probeAuth, AuthError } from './api.js';
 import { ReconnectingSocket, isAuthMessage } from './socket.js';
 import { createScrubber } from './scrubber.js';
-import { createTimeline, normalisePeaks, timelineStep } from './timeline.js';
+import {
+    createTimeline, distinctPeaks, normalisePeaks, peakSeparation, timelineStep, PEAK_CANDIDATES,
+} from './timeline.js';
 import {
     parseTime, isoTime, formatPeakLabel, formatCount,
     toLocalInputValue, fromLocalInputValue,
@@ -112,10 +114,11 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
         try {
             const [tl, pk] = await Promise.all([
                 apiGet('api/timeline', { ...q, step }, { signal: abort.signal }),
-                apiGet('api/peaks', { ...q, window: PEAK_WINDOW_S, top: PEAK_COUNT }, { signal: abort.signal }),
+                apiGet('api/peaks', { ...q, window: PEAK_WINDOW_S, top: PEAK_CANDIDATES }, { signal: abort.signal }),
             ]);
             if (abort.signal.aborted) return;
-            const peaks = normalisePeaks(pk);
+            const separation = peakSeparation(range.from, range.to, PEAK_WINDOW_S * 1000);
+            const peaks = distinctPeaks(normalisePeaks(pk), separation, PEAK_COUNT);
             loaded = { ...range, step: Number(tl && tl.step) || step, points: (tl && tl.points) || [], peaks };
             timeline.setData(loaded);
             showPeaks(peaks);

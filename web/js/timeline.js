@@ -48,6 +48,29 @@ export function normalisePeaks(peaks) {
         .filter((p) => Number.isFinite(p.start) && Number.isFinite(p.end) && p.end > p.start);
 }
 
+// The busiest non-overlapping hours of a day are usually three hours of the same
+// evening rush (seen with `heatreplay simulate --backfill 24h`: 17:23, 18:23, 19:23),
+// which hides the morning rush. So the page asks the server for more windows than it
+// shows and keeps the busiest ones that are far enough apart to be different rushes:
+// starts at least PEAK_SEPARATION_MAX_MS apart on a day, less on short ranges (never
+// less than the window itself, which is the server's own non-overlap rule).
+export const PEAK_CANDIDATES = 12;
+export const PEAK_SEPARATION_MAX_MS = 3 * 3600e3;
+
+export function peakSeparation(fromMs, toMs, windowMs) {
+    return Math.max(windowMs, Math.min(PEAK_SEPARATION_MAX_MS, (toMs - fromMs) / 8));
+}
+
+/** Peaks (busiest first) whose starts are at least `separationMs` apart; at most `count`. */
+export function distinctPeaks(peaks, separationMs, count) {
+    const kept = [];
+    for (const p of peaks) {
+        if (kept.length >= count) break;
+        if (kept.every((k) => Math.abs(k.start - p.start) >= separationMs)) kept.push(p);
+    }
+    return kept;
+}
+
 /**
  * @param {HTMLCanvasElement} canvas
  * @param {(tMs: number) => void} onPick  click on the strip

@@ -7,7 +7,7 @@ import { precisionForZoom, normaliseBbox, ZOOM_PRECISION } from '../js/precision
 import { binFor, colourFor, intensityFor, legendRows, THRESHOLDS, COLOURS } from '../js/scale.js';
 import { parseTime, formatPeakLabel } from '../js/time.js';
 import { backoffDelay, isAuthMessage, BACKOFF_MAX_MS } from '../js/socket.js';
-import { timelineStep } from '../js/timeline.js';
+import { timelineStep, distinctPeaks, peakSeparation } from '../js/timeline.js';
 
 const close = (a, b, eps = 1e-9) => assert.ok(Math.abs(a - b) < eps, `${a} != ${b}`);
 
@@ -88,4 +88,20 @@ test('timeline step is a multiple of 60 s and keeps points bounded', () => {
         assert.equal(step % 60, 0);
         assert.ok((days * 86400) / step <= 720);
     }
+});
+
+test('peaks shown are distinct rushes, not three hours of one evening', () => {
+    const h = 3600e3;
+    // the server's busiest non-overlapping hours of a simulated day, busiest first
+    const m = 60e3;
+    const ranked = ['18:23', '17:23', '19:23', '07:38', '08:38', '16:23', '20:23', '09:38', '15:23', '06:00']
+        .map((hm) => (Number(hm.slice(0, 2)) * 60 + Number(hm.slice(3))) * m)
+        .map((start, i) => ({ start, end: start + h, pings: 100 - i, drivers: 1 }));
+    const sep = peakSeparation(0, 24 * h, h);
+    assert.equal(sep, 3 * h);
+    const hhmm = (p) => `${String(Math.floor(p.start / h)).padStart(2, '0')}:${String((p.start % h) / m).padStart(2, '0')}`;
+    assert.deepEqual(distinctPeaks(ranked, sep, 3).map(hhmm), ['18:23', '07:38', '15:23']);
+    // short ranges: only the server's non-overlap rule (separation = the window)
+    assert.equal(peakSeparation(0, 4 * h, h), h);
+    assert.deepEqual(distinctPeaks(ranked.slice(0, 3), peakSeparation(0, 4 * h, h), 3).length, 3);
 });
