@@ -15,10 +15,13 @@ split), play goes on from there. Screenshots: test-output/screenshots/.
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -27,13 +30,16 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.auth import mint_token
 from app.ping import Ping
+from app.postgis_sink import PostgisSink
+from app.simulate import Fleet, iter_backfill, run_simulate
 from replay.heat import iso_ms
 from tests.browser_fixtures import Page, ui  # noqa: F401  (fixture)
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.replay_support import ensure_days, ms, truncate, write_history
 
 pytestmark = pytest.mark.browser
 
+LAGOS = timezone(timedelta(hours=1), "WAT")  # no DST
 LAGOS_DAY = datetime(2026, 11, 18, 23, 0, tzinfo=UTC)  # Thu 19 Nov 00:00 in Lagos (UTC+1)
 VI = (6.4281, 3.4219)  # s14kt
 IKEJA = (6.6018, 3.3515)  # s14ms
@@ -165,3 +171,71 @@ def test_peaks_listed_play_pause_scrub_play(ui: Page, history_server):  # noqa: 
     ui.page.click("#play-pause")
     ui.wait_state(state="replaying", t=lambda t: t > scrubbed["t"])
     ui.shot("5-playing-on")
+
+
+def test_simulated_backfill_day_lists_its_morning_and_evening_peaks(
+    ui: Page,  # noqa: F811
+    settings,
+    db,
+    served,
+    run_in_background,
+):
+    """`heatreplay simulate --backfill 24h`, smaller (30 drivers, a ping a minute) but
+    through the whole real path: POST /api/pings -> Kafka -> the PostGIS sink."""
+    truncate(db)
+    sink = PostgisSink(settings)
+    run_in_background(sink)
+    end_s = time.time()
+    token_ingest = mint_token(settings, "ingest")
+    sent = run_simulate(
+        served.http,
+        token_ingest,
+        drivers=30,
+        seed=42,
+        backfill=timedelta(hours=24),
+        backfill_interval_s=60.0,
+        progress_stream=io.StringIO(),
+        clock=lambda: end_s,
+    )
+    wait_until(lambda: sink.stats.rows >= sent, timeout=60)
+    assert sink.stats.rows == sent
+
+    # what the page must list, from the simulator's own pings: busiest hours on the
+    # minute grid, non-overlapping, then the ones >= 3 h apart (web/js/timeline.js)
+    end = datetime.fromtimestamp(end_s, UTC)
+    start = end - timedelta(hours=24)
+    fleet = Fleet(30, 42, start, ping_interval=60.0)
+    per_minute = Counter(p.ts // 60_000 for b in iter_backfill(fleet, start, end, 60.0) for p in b)
+    assert sum(per_minute.values()) == sent
+    first, last = -(-ms(start) // 60_000), ms(end) // 60_000 - 60
+    windows = sorted(
+        ((sum(per_minute[m] for m in range(s, s + 60)), s) for s in range(first, last + 1)),
+        key=lambda w: (-w[0], w[1]),
+    )
+    chosen: list[tuple[int, int]] = []
+    for pings, s in windows:
+        if len(chosen) == 12 or pings == 0:
+            break
+        if all(abs(s - c) >= 60 for _, c in chosen):
+            chosen.append((pings, s))
+    shown: list[tuple[int, int]] = []
+    for pings, s in chosen:
+        if len(shown) < 3 and all(abs(s - c) >= 180 for _, c in shown):
+            shown.append((pings, s))
+
+    def label(pings: int, s: int) -> str:
+        a = datetime.fromtimestamp(s * 60, LAGOS)
+        b = a + timedelta(hours=1)
+        return f"{a:%a} {a:%H:%M}–{b:%H:%M} · {pings:,} pings"
+
+    ui.page.goto(
+        f"{served.http}/?mode=replay&from={iso_ms(ms(start))}&to={iso_ms(ms(end))}"
+        f"&token={mint_token(settings, 'viewer')}"
+    )
+    peaks = ui.page.locator("#peaks .peak")
+    peaks.first.wait_for(timeout=10_000)
+    texts = peaks.all_inner_texts()
+    assert texts == [f"{i + 1} {label(p, s)}" for i, (p, s) in enumerate(shown)]
+    hours = [datetime.fromtimestamp(s * 60, LAGOS).hour for _, s in shown]
+    assert any(16 <= h <= 20 for h in hours) and any(6 <= h <= 9 for h in hours), texts
+    ui.shot("simulated-day-peaks")
