@@ -260,8 +260,12 @@ def test_too_many_sockets_backs_off_says_why_and_connects_once_a_slot_frees(
         # the second try comes after the slow 4429 backoff (>= 2 s), not 0.25 s later
         ui.poll(lambda: len(ui.sockets) >= 2, timeout_s=10)
         assert ui.socket_times[1] - ui.socket_times[0] >= 1.8, ui.socket_times
+        # refused again: the badge's tooltip says why and when the next try is
+        title = ui.poll(
+            lambda: "retry in" in (t := ui.page.get_attribute("#status", "title") or "") and t
+        )
+        assert title.startswith("this token already has 1 open sockets (limit 1); retry in"), title
         assert ui.state()["state"] == "reconnecting"
-        assert "retry in" in ui.page.get_attribute("#status", "title")
 
         other.close()  # the other tab goes away: a later retry gets the slot
         ui.wait_state(state="live", total=0, timeout_ms=15_000)
