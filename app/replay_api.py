@@ -21,7 +21,7 @@ from app.services import services
 from app.settings import Settings
 from app.ws import WsSession, parse_message, send_json, ws_session
 from replay.heat import View, ViewError, parse_time_ms, parse_view
-from replay.history import replay_frame
+from replay.markers import replay_frame_with_markers
 from replay.peak_hours import peaks
 from replay.playback import MAX_SPEED, MIN_SPEED, Clock, MonotonicClock, Playback
 from replay.timeline import timeline
@@ -77,8 +77,11 @@ def parse_replay_view(precision: Any, bbox: Any, settings: Settings) -> View:
 
 
 def frame_at(view: View, t_ms: int) -> dict[str, Any]:
+    s = _settings()
     with services().pool.connection() as conn:
-        return replay_frame(conn, view, t_ms, _settings().live_window_ms)
+        return replay_frame_with_markers(
+            conn, view, t_ms, s.live_window_ms, s.markers_min_precision, s.markers_max
+        )
 
 
 @bp.get("/api/timeline")

@@ -12,6 +12,8 @@ from app.live_counts import LiveCounts
 from app.live_hub import with_live_markers
 from app.ping import Ping
 from replay.heat import View, build_frame, parse_bbox
+from replay.markers import replay_frame_with_markers
+from tests.replay_support import ensure_days, write_history
 
 YABA = (6.5095, 3.3711)  # s14mh9nb
 YABA3 = (6.5101, 3.3716)  # s14mh9ph
@@ -71,3 +73,69 @@ def test_markers_are_capped_and_the_heat_takes_over(live, settings):
     live.apply([Ping("d2", *IKEJA, t + 1)], t + 1)
     under = frame(live, capped, view, t + 2)
     assert [m[0] for m in under["markers"]] == ["d0", "d1"]
+
+
+# --- replay: the same markers from PostGIS --------------------------------------------
+
+T0 = 1_795_194_000_000  # 2026-11-20T17:00:00Z
+
+
+def replay_frame_at(db, settings, view: View, t: int) -> dict:
+    return replay_frame_with_markers(
+        db, view, t, settings.live_window_ms, settings.markers_min_precision, settings.markers_max
+    )
+
+
+def test_replay_markers_are_exact_and_equal_live_on_the_same_pings(live, settings, db):
+    t = T0 + 60_000
+    pings = [
+        Ping("b", *YABA, t - 2000, speed_kmh=12.5, heading=90.0),
+        Ping("a", *YABA3, t - 1000, speed_kmh=31.5, heading=271.5),
+        Ping("c", *IKEJA, t - 1000, heading=180.0),  # outside the street view
+        Ping("b", *YABA3, t - 5000, heading=10.1),  # older than b's latest: not b's marker
+        # same driver, same ts, two cells: the larger geohash-8 wins in both paths
+        Ping("tie", *YABA, t - 3000, heading=45.0),  # s14mh9nb
+        Ping("tie", *YABA3, t - 3000, heading=135.0),  # s14mh9ph (larger)
+        Ping("old", *YABA, t - 11_000, heading=0.0),  # left the 10 s window before t
+        Ping("later", *YABA, t + 1, heading=0.0),  # after t: not on the map yet
+    ]
+    ensure_days(db, t, t)
+    write_history(db, [pings[::2], pings[1::2]])
+    # live saw the pings that had arrived by t, in two batches, its clock at t
+    arrived = [p for p in pings if p.ts <= t]
+    live.apply(arrived[:3], t - 11_000)
+    live.apply(arrived[3:], t)
+
+    street7 = replay_frame_at(db, settings, View(7, STREET), t)
+    assert street7["cells"] == [["s14mh9n", 1], ["s14mh9p", 2]]
+    assert street7["markers"] == [
+        ["a", 6.5101, 3.3716, 271.5],
+        ["b", 6.5095, 3.3711, 90.0],
+        ["tie", 6.5101, 3.3716, 135.0],
+    ]
+    for view in (View(7, STREET), View(8, STREET), View(8), View(7), View(6, STREET)):
+        replayed = replay_frame_at(db, settings, view, t)
+        assert replayed == {**frame(live, settings, view, t), "mode": "replay"}, view
+    assert "markers" not in replay_frame_at(db, settings, View(6, STREET), t)
+    assert [m[0] for m in replay_frame_at(db, settings, View(8), t)["markers"]] == [
+        "a", "b", "c", "tie"
+    ]  # fmt: skip
+
+    # 8 s later the window is (t - 2 s, t + 8 s]: b (at t - 2 s exactly) and tie have
+    # left it, a is still in, 'later' has joined
+    t2 = t + 8000
+    assert [m[0] for m in replay_frame_at(db, settings, View(8, STREET), t2)["markers"]] == [
+        "a", "later"
+    ]  # fmt: skip
+
+
+def test_replay_markers_are_capped_like_live(settings, db):
+    capped = settings.with_(markers_max=2)
+    ensure_days(db, T0, T0)
+    write_history(db, [[Ping(f"d{i}", YABA[0] + i * 1e-5, YABA[1], T0) for i in range(3)]])
+    over = replay_frame_at(db, capped, View(8, STREET), T0)
+    assert over["total"] == 3 and "markers" not in over
+    write_history(db, [[Ping("d2", *IKEJA, T0 + 1)]])
+    under = replay_frame_at(db, capped, View(8, STREET), T0 + 2)
+    assert under["total"] == 2
+    assert under["markers"] == [["d0", 6.5095, 3.3711, None], ["d1", 6.50951, 3.3711, None]]
