@@ -63,7 +63,7 @@ def _register_optional(app: Flask) -> None:
     """Blueprints of areas that may not exist yet in a given checkout."""
     import importlib
 
-    for module in ("app.replay_api", "app.analytics_api"):
+    for module in ("app.replay_api", "app.analytics_api", "app.drivers_api"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,126 @@
+"""GET /api/drivers/<driver_id>: the map's "follow a driver" panel (docs/markers.md).
+
+Without ``t``: the driver as live shows it, from Redis (its latest ping in the live
+window). With ``t``: the driver as the replay frame at t shows it, from PostGIS (its
+latest ping in (t - W, t], the heat's own tie-break). Either way the answer names the
+trail's time range; the line itself comes from the analytics path endpoint
+(``GET /api/analytics/drivers/<id>/path``), which this module does not duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import psycopg
+import redis
+from flask import Blueprint, current_app, request
+from psycopg_pool import PoolTimeout
+
+from app.auth import require_role
+from app.errors import NotFound, ServiceUnavailable
+from app.geo_params import parse_driver_id, parse_int
+from app.live_counts import LiveCounts
+from app.services import services
+from app.settings import Settings
+from replay.heat import iso_ms, parse_time_ms
+from replay.markers import DriverPosition, as_stored, driver_at
+
+bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
+
+TRAIL_DEFAULT_MIN = 10
+TRAIL_MAX_MIN = 24 * 60
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["SETTINGS"]
+    return settings
+
+
+@contextmanager
+def _connection() -> Iterator[psycopg.Connection]:
+    try:
+        with services().pool.connection(timeout=10) as conn:
+            yield conn
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
+
+
+def live_driver(live: LiveCounts, driver_id: str, now_ms: int) -> DriverPosition | None:
+    """The driver's latest ping if it is still inside the live window at now_ms (a
+    driver the worker has not expired yet but that has gone quiet is not on the map)."""
+    pipe = live.redis.pipeline(transaction=False)
+    pipe.hget(live.keys.drv, driver_id)
+    pipe.hget(live.keys.pos, driver_id)
+    latest, pos = pipe.execute()
+    if latest is None or pos is None:
+        return None
+    ts_text, cell8 = _text(latest).split(":", 1)
+    ts = int(float(ts_text))
+    if ts <= now_ms - live.settings.live_window_ms:
+        return None
+    lat, lon, heading, speed = _text(pos).split(",")
+    return DriverPosition(
+        driver_id,
+        ts,
+        cell8,
+        float(lat),
+        float(lon),
+        as_stored(float(speed)) if speed else None,
+        as_stored(float(heading)) if heading else None,
+    )
+
+
+@bp.get("/<driver_id>")
+@require_role("viewer")
+def get_driver(driver_id: str) -> Any:
+    driver_id = parse_driver_id(driver_id)
+    settings = _settings()
+    minutes = parse_int(
+        request.args.get("trail_minutes"), "trail_minutes", TRAIL_DEFAULT_MIN, 1, TRAIL_MAX_MIN
+    )
+    raw_t = request.args.get("t")
+    if raw_t is None or raw_t == "":
+        mode, t = "live", int(time.time() * 1000)
+        try:
+            found = live_driver(services().live, driver_id, t)
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"the live state is unavailable: {exc}") from None
+    else:
+        mode, t = "replay", parse_time_ms(raw_t, "t")
+        with _connection() as conn:
+            found = driver_at(conn, driver_id, t, settings.live_window_ms)
+    if found is None:
+        raise NotFound(
+            f"driver {driver_id!r} has no ping in the {settings.live_window_s:g} s before "
+            f"{iso_ms(t)}: it is not on the {mode} map",
+            driver_id=driver_id,
+            t=iso_ms(t),
+        )
+    # the path endpoint's range is [from, to): +1 ms keeps the ping at t itself
+    trail_from, trail_to = iso_ms(t - minutes * 60_000), iso_ms(t + 1)
+    return {
+        "driver_id": driver_id,
+        "mode": mode,
+        "t": iso_ms(t),
+        "lat": round(found.lat, 6),
+        "lon": round(found.lon, 6),
+        "speed_kmh": found.speed_kmh,
+        "heading": found.heading,
+        "last_seen": iso_ms(found.ts_ms),
+        "cell": found.cell8,
+        "trail": {
+            "minutes": minutes,
+            "from": trail_from,
+            "to": trail_to,
+            "path": f"api/analytics/drivers/{quote(driver_id, safe='')}/path?"
+            + urlencode({"from": trail_from, "to": trail_to}),
+        },
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
