@@ -21,18 +21,27 @@
  *   data-max        the frame's max
  *   data-t          the frame's t, as the server sent it
  *   data-frames     frames drawn since the current mode was entered (reset on switch)
+ *   data-markers    drivers drawn as markers (frames carry them at street zoom)
+ *
+ * #driver-panel (follow a driver, opened by clicking a marker): data-driver, data-speed,
+ * data-last-seen, data-trail-points (points of the trail line drawn), data-loading.
  *
  * Hooks on window.heatreplay (for tests and the console)
  *   renderFrame(frame)  draw a frame exactly as if a socket had delivered it
  *   setMode("live"|"replay"), mode, setStyle("heat"|"grid"), view() → {precision, bbox}
  *   state() → copy of #heat-state's data attributes
  *   map, live, replay, precisionForZoom, ZOOM_PRECISION, decodeBbox, decodeCentre
+ *   markers() → ids of the drawn markers, sorted; markerState() → [{id, lat, lon,
+ *   heading, target}] (target: where a gliding marker is heading); follow(id) opens the
+ *   driver panel as a click does; followed() → its driver; trail() → [[lat, lon], ...]
  */
 
 import { setToken } from './js/api.js';
 import { decodeBbox, decodeCentre } from './js/geohash.js';
 import { createHeatRenderer, STYLES } from './js/heat.js';
+import { createFollow } from './js/follow.js';
 import { createLive } from './js/live.js';
+import { createMarkerLayer } from './js/markers.js';
 import { precisionForZoom, viewForMap, ZOOM_PRECISION } from './js/precision.js';
 import { createReplay } from './js/replay.js';
 import { legendRows } from './js/scale.js';
@@ -66,9 +75,21 @@ if (tilesUrl && tilesUrl !== 'none') {
 const renderer = createHeatRenderer(map);
 let mode = null;
 let frames = 0;
+let frameTime = '';
+
+const follow = createFollow({
+    map,
+    getMode: () => mode,
+    getFrameTime: () => frameTime,
+    onSelect: (id) => markerLayer.select(id),
+});
+const markerLayer = createMarkerLayer(map, { onSelect: (id) => follow.select(id) });
 
 function renderFrame(frame) {
     const summary = renderer.render(frame);
+    summary.markers = markerLayer.update(frame);
+    frameTime = summary.t;
+    follow.onFrame();
     frames += 1;
     if (mode === 'replay') ui.setClock(parseTime(summary.t));
     ui.setDrawn(summary, frames);
@@ -100,7 +121,10 @@ function setMode(next) {
     if (mode === 'replay') replay.stop();
     mode = next;
     frames = 0;
+    frameTime = '';
     renderer.clear();
+    markerLayer.clear();
+    follow.close();
     ui.resetDrawn();
     ui.setClock(NaN);
     ui.setMode(mode);
@@ -188,6 +212,11 @@ window.heatreplay = {
     ZOOM_PRECISION,
     decodeBbox,
     decodeCentre,
+    markers: () => markerLayer.list().map((m) => m.id),
+    markerState: () => markerLayer.list(),
+    follow: (id) => follow.select(id),
+    followed: () => follow.driver,
+    trail: () => follow.trailPoints(),
 };
 
 showPrecision();

@@ -54,6 +54,8 @@ export function setDrawn(summary, frames) {
     drawn.dataset.max = String(summary.max);
     drawn.dataset.t = summary.t ?? '';
     drawn.dataset.frames = String(frames);
+    drawn.dataset.markers = String(summary.markers ?? 0);
+    $('count-markers').textContent = summary.markers ? formatCount(summary.markers) : '–';
     $('count-total').textContent = formatCount(summary.total);
     $('count-cells').textContent = formatCount(summary.cells);
     const ms = parseTime(summary.t);
@@ -64,6 +66,8 @@ export function setDrawn(summary, frames) {
 export function resetDrawn() {
     for (const key of ['precision', 'total', 'cells', 'max', 't']) drawn.dataset[key] = '';
     drawn.dataset.frames = '0';
+    drawn.dataset.markers = '0';
+    $('count-markers').textContent = '–';
     $('count-total').textContent = '–';
     $('count-cells').textContent = '–';
     $('count-time').textContent = '–';
