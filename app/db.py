@@ -48,7 +48,7 @@ def make_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:
 def ensure_database(settings: Settings, timeout_s: float = 10.0) -> None:
     """Create the configured database if it does not exist (server must be up)."""
     params = conninfo_to_dict(settings.database_url)
-    dbname = params.get("dbname") or "postgres"
+    dbname = str(params.get("dbname") or "postgres")
     admin = make_conninfo(settings.database_url, dbname="postgres")
     deadline = time.monotonic() + timeout_s
     while True:

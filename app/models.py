@@ -41,6 +41,14 @@ ping_minutes = Table(
     Column("pings", Integer, nullable=False),
 )
 
+minute_stats = Table(
+    "minute_stats",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("pings", BigInteger, nullable=False),
+    Column("drivers", Integer, nullable=False),
+)
+
 sink_offsets = Table(
     "sink_offsets",
     metadata,
