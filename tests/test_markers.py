@@ -3,15 +3,21 @@ the drivers the heat counts, with their latest position and heading, capped per 
 
 from __future__ import annotations
 
+import random
 import time
+import uuid
 
+import geohash
 import pytest
 import redis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app.live_counts import LiveCounts
 from app.live_hub import with_live_markers
 from app.ping import Ping
-from replay.heat import View, build_frame, parse_bbox
+from replay.heat import View, build_frame, markers_wanted, parse_bbox
 from replay.markers import replay_frame_with_markers
 from tests.replay_support import ensure_days, write_history
 
@@ -19,6 +25,7 @@ YABA = (6.5095, 3.3711)  # s14mh9nb
 YABA3 = (6.5101, 3.3716)  # s14mh9ph
 IKEJA = (6.6018, 3.3515)  # s14ms3b6
 STREET = parse_bbox("3.36,6.50,3.385,6.52")
+BOXES = [None, STREET, parse_bbox("3.30,6.40,3.40,6.55")]
 
 
 @pytest.fixture
@@ -139,3 +146,90 @@ def test_replay_markers_are_capped_like_live(settings, db):
     under = replay_frame_at(db, capped, View(8, STREET), T0 + 2)
     assert under["total"] == 2
     assert under["markers"] == [["d0", 6.5095, 3.3711, None], ["d1", 6.50951, 3.3711, None]]
+
+
+# --- property: replay markers == brute force == live, for random pings ------------------
+
+SPOTS = [YABA, YABA3, IKEJA, (6.5180, 3.3790), (6.4281, 3.4219)]
+HEADINGS = [None, 0.0, 10.1, 90.0, 271.25, 359.5]
+places = st.one_of(st.sampled_from(SPOTS), st.tuples(st.floats(6.40, 6.62), st.floats(3.30, 3.45)))
+
+
+def _driver_pings(d: int, where: tuple, slot: int, heading, twin: tuple | None) -> list[Ping]:
+    ts = T0 + slot * 2000
+    out = [Ping(f"d{d}", where[0], where[1], ts, heading=heading)]
+    # same driver, same ts, another geohash-8 cell: the tie-break decides (within one
+    # cell the choice is the arrival order's live, and invisible on a map)
+    if twin is not None and geohash.encode(*twin, 8) != geohash.encode(*where, 8):
+        out.append(Ping(f"d{d}", twin[0], twin[1], ts, heading=359.5))
+    return out
+
+
+random_pings = st.lists(
+    st.builds(
+        _driver_pings,
+        st.integers(0, 8),
+        places,
+        st.integers(0, 10),  # 20 s of 2 s slots, W = 10 s: drivers overlap in the window
+        st.sampled_from(HEADINGS),
+        st.one_of(st.none(), places),
+    ),
+    min_size=1,
+    max_size=30,
+).map(lambda groups: [p for g in groups for p in g])
+
+
+def reference_markers(pings, t: int, window: int, frame_: dict) -> list:
+    latest: dict[str, tuple] = {}
+    for p in pings:
+        if t - window < p.ts <= t:
+            key = (p.ts, geohash.encode(p.lat, p.lon, 8))
+            if p.driver_id not in latest or key > latest[p.driver_id][0]:
+                latest[p.driver_id] = (key, p)
+    shown = {cell for cell, _ in frame_["cells"]}
+    n = frame_["precision"]
+    return sorted(
+        [d, round(p.lat, 6), round(p.lon, 6), p.heading]
+        for d, ((_, gh), p) in latest.items()
+        if gh[:n] in shown
+    )
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(pings=random_pings, data=st.data())
+def test_markers_property_replay_equals_reference_and_live(settings, db, pings, data):
+    window = settings.live_window_ms
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    db.execute("TRUNCATE pings")
+    ensure_days(db, T0, T0 + 30_000)
+    arrival = list(pings)
+    rng.shuffle(arrival)
+    write_history(db, [arrival[: len(arrival) // 2], arrival[len(arrival) // 2 :]])
+    client = redis.Redis.from_url(settings.redis_url)
+    for _ in range(2):
+        t = data.draw(st.sampled_from([p.ts for p in pings] + [p.ts + 5000 for p in pings]))
+        s = settings.with_(markers_max=data.draw(st.sampled_from([3, 500])))
+        view = View(data.draw(st.sampled_from([6, 7, 7, 8, 8])), data.draw(st.sampled_from(BOXES)))
+        got = replay_frame_at(db, s, view, t)
+        if markers_wanted(view, got, s.markers_min_precision, s.markers_max):
+            assert got["markers"] == reference_markers(pings, t, window, got)
+            assert len(got["markers"]) == got["total"]
+        else:
+            assert "markers" not in got
+        live_counts = LiveCounts(client, s.with_(redis_prefix=f"m{uuid.uuid4().hex[:10]}"))
+        try:
+            arrived = [p for p in arrival if p.ts <= t]
+            seen = T0
+            for i in range(0, len(arrived), 4):  # arrival order, batches of 4
+                seen = max(seen, *(p.ts for p in arrived[i : i + 4]))
+                live_counts.apply(arrived[i : i + 4], seen)
+            assert frame(live_counts, s, view, t) == {**got, "mode": "live"}
+        finally:
+            live_counts.wipe()
+            for key in client.scan_iter(match=live_counts.keys.drv.replace("drv", "m:*")):
+                client.delete(key)
+    client.close()
