@@ -43,7 +43,13 @@ ITEMS: dict[str, tuple[ModuleType, str]] = {
 # a few seconds each: proves the scripts run and report, says nothing about speed
 SMOKE: dict[str, Callable[[], dict[str, Any]]] = {
     "e2e": lambda: e2e_ingest.run(
-        duration_s=2, processes=1, threads=1, batch=1_000, drivers=1_000, raw_rows=10_000
+        duration_s=2,
+        processes=1,
+        threads=1,
+        batch=1_000,
+        drivers=1_000,
+        raw_rows=10_000,
+        rates=(2_000,),
     ),
     "latency": lambda: live_latency.run(rate=2_000, duration_s=3, probe_every_s=0.6),
     "replay": lambda: replay.run(depths=(1,), drivers=3, frames=5, seeks=3, fps_s=1.0),

@@ -48,7 +48,9 @@ class Viewer(threading.Thread):
 
     def connect(self) -> None:
         self.ws = websocket.create_connection(self.url, timeout=30, skip_utf8_validation=True)
-        self.ws.settimeout(1.0)
+        # no receive timeout: websocket-client loses its framing when a timeout hits in
+        # the middle of a large frame; close() aborts the socket instead
+        self.ws.settimeout(None)
         self.start()
 
     def run(self) -> None:
@@ -72,7 +74,8 @@ class Viewer(threading.Thread):
     def close(self) -> None:
         if self.ws is not None:
             with contextlib.suppress(websocket.WebSocketException, OSError):
-                self.ws.close(timeout=1)
+                self.ws.abort()
+                self.ws.close(timeout=0)
 
 
 def _views(n: int, scattered: bool, seed: int) -> list[str]:

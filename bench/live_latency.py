@@ -11,6 +11,7 @@ so up to 1/LIVE_FPS of the figure is that pacing, by design.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import threading
@@ -43,6 +44,7 @@ class FrameWatcher(threading.Thread):
     def __init__(self, url: str):
         super().__init__(daemon=True)
         self.ws = websocket.create_connection(url, timeout=5, skip_utf8_validation=True)
+        self.ws.settimeout(None)  # a timeout mid-frame would break websocket-client's framing
         self.awaited: dict[str, float] = {}  # cell -> when it was awaited from
         self.seen: dict[str, float] = {}  # cell -> when a frame first held it
         self.frames = 0
@@ -72,7 +74,9 @@ class FrameWatcher(threading.Thread):
 
     def close(self) -> None:
         self.stopped.set()
-        self.ws.close()
+        with contextlib.suppress(websocket.WebSocketException, OSError):
+            self.ws.abort()
+            self.ws.close(timeout=0)
         self.join(5)
 
 

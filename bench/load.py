@@ -58,7 +58,7 @@ def build_bodies(
                         min(east, max(west, lon0 + math.sin(heading) * STEP_DEG * step)), 6
                     ),
                     "speed_kmh": 30.5,
-                    "heading": round(math.degrees(heading) % 360, 1),
+                    "heading": round(math.degrees(heading), 1) % 360,
                 }
             )
             cursor += 1

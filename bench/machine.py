@@ -70,7 +70,7 @@ def machine() -> dict[str, Any]:
         "postgresql": row[0] if row else "?",
         "postgis": row[1] if row else "?",
         "redis": redis_version,
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.version(),
         "librdkafka": confluent_kafka.libversion()[0],
         "psycopg": psycopg.__version__,
         "broker": f"Tansu embedded ({broker}), memory storage",

@@ -106,11 +106,13 @@ class Viewers:
         self.sockets = [
             websocket.create_connection(
                 f"{stack.ws}/ws/live?precision=6&bbox={west},{south},{east},{north}&token={token}",
-                timeout=1,
+                timeout=10,
                 skip_utf8_validation=True,
             )
             for _ in range(n)
         ]
+        for ws in self.sockets:
+            ws.settimeout(None)  # a timeout mid-frame would break websocket-client's framing
         self.frames = 0
         self.threads = [
             threading.Thread(target=self._recv, args=(s,), daemon=True) for s in self.sockets
@@ -132,7 +134,8 @@ class Viewers:
         self.stop.set()
         for ws in self.sockets:
             with contextlib.suppress(websocket.WebSocketException, OSError):
-                ws.close(timeout=1)
+                ws.abort()
+                ws.close(timeout=0)
         for t in self.threads:
             t.join(3)
 

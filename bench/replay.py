@@ -82,7 +82,15 @@ def stream_fps(stack: Stack, lo: int, hi: int, seconds: float) -> dict[str, Any]
 
 
 def one_depth(days: int, drivers: int, frames: int, seeks: int, fps_s: float) -> dict[str, Any]:
-    with Stack(f"replay{days}d", processes=("web",), web_workers=1, web_threads=8) as stack:
+    # the seek measurement sends its seeks back to back, faster than the per-socket
+    # control-message limit (WS_MAX_MESSAGES_PER_S) a viewer gets
+    with Stack(
+        f"replay{days}d",
+        processes=("web",),
+        web_workers=1,
+        web_threads=8,
+        ws_max_messages_per_s=1000.0,
+    ) as stack:
         with stack.connect() as conn:
             conn.autocommit = False
             rows, load_s = replay_latency.load(conn, drivers, days)

@@ -60,16 +60,21 @@ def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
         assert "figures" in report["items"][item], report["items"][item].get("error")
 
     e2e = reports["e2e"]["items"]["e2e"]["figures"]
-    accepted = _positive(e2e, "accepted_pings")
-    rates = ["accepted_pings_per_s", "live_pings_per_s", "sink_rows_per_s"]
-    rates += ["pipeline_pings_per_s", "raw_copy_rows_per_s", "pipeline_over_raw_copy"]
-    for key in rates:
+    for key in ("pipeline_pings_per_s", "raw_copy_rows_per_s", "pipeline_over_raw_copy"):
         _positive(e2e, key)
-    # both consumers ended up with exactly what the API accepted
-    assert e2e["processed_after_catchup"] == {
-        "accepted": accepted, "live": accepted, "sink": accepted
-    }  # fmt: skip
-    assert e2e["request_errors"] == 0
+    assert [p["load"]["generator"].rsplit(", ", 1)[1] for p in e2e["phases"]] == [
+        "as fast as accepted", "paced at 2000 pings/s"
+    ]  # fmt: skip
+    for p in e2e["phases"]:
+        accepted = _positive(p, "accepted_pings")
+        for key in ("accepted_pings_per_s", "live_pings_per_s", "sink_rows_per_s"):
+            _positive(p, key)
+        _positive(p, "cpu_percent_of_one_core", "machine")
+        # both consumers ended up with exactly what the API accepted
+        assert p["processed_after_catchup"] == {
+            "accepted": accepted, "live": accepted, "sink": accepted
+        }  # fmt: skip
+        assert p["request_errors"] == 0
 
     latency = reports["latency"]["items"]["latency"]["figures"]
     assert latency["probes"] >= 3 and latency["probes_seen"] == latency["probes"]
