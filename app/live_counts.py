@@ -51,6 +51,7 @@ end
 local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
 
 local changed = 0
+local updated = 0
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 for _, d in ipairs(gone) do
   local v = redis.call('HGET', KEYS[1], d)
@@ -77,6 +78,7 @@ for i = 3, #ARGV, 4 do
       old_gh = string.sub(v, c + 1)
     end
     if (not old_ts) or ts > old_ts or (ts == old_ts and gh > old_gh) then
+      updated = updated + 1
       redis.call('HSET', KEYS[1], d, ts_s .. ':' .. gh)
       redis.call('ZADD', KEYS[2], ts_s, d)
       redis.call('HSET', KEYS[4], d, ARGV[i + 3])
@@ -103,9 +105,9 @@ end
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local oldest_ts = oldest[2] or ''
 if want > 0 then
-  return {changed, redis.call('HGETALL', KEYS[4 + want]), oldest_ts}
+  return {changed, redis.call('HGETALL', KEYS[4 + want]), oldest_ts, updated}
 end
-return {changed, {}, oldest_ts}
+return {changed, {}, oldest_ts, updated}
 """
 
 
@@ -169,15 +171,15 @@ class LiveCounts:
 
     def _run(
         self, now_ms: int, want: int, args: list[str | int]
-    ) -> tuple[int, dict[str, int], int | None]:
+    ) -> tuple[int, dict[str, int], int | None, int]:
         cutoff = now_ms - self.settings.live_window_ms
-        changed, flat, oldest = self._script(
+        changed, flat, oldest, updated = self._script(
             keys=self.keys.script_keys(), args=[cutoff, want, *args]
         )
         cells = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
         # when the oldest live driver drops out of the window, counts change by themselves
         expiry = int(float(_text(oldest))) + self.settings.live_window_ms if oldest else None
-        return int(changed), cells, expiry
+        return int(changed), cells, expiry, int(updated)
 
     def apply(self, pings: Iterable[Ping], now_ms: int) -> int:
         """Apply a batch in one script call; returns how many drivers changed cell
@@ -185,8 +187,9 @@ class LiveCounts:
         args: list[str | int] = []
         for driver, (ts, gh, ping) in latest_per_driver(pings).items():
             args += [driver, ts, gh, _position(ping)]
-        changed, _, _ = self._run(now_ms, 0, args)
-        if changed:
+        changed, _, _, updated = self._run(now_ms, 0, args)
+        if changed or updated:
+            # a driver moving inside its cell changes no count but does move its marker
             self.redis.publish(self.keys.changed_channel, str(now_ms))
         return changed
 
@@ -199,7 +202,7 @@ class LiveCounts:
         change by themselves (the oldest active driver leaving the window), if any."""
         if precision not in PRECISIONS:
             raise ValueError("precision must be 1..8")
-        _, cells, next_expiry = self._run(now_ms, precision, [])
+        _, cells, next_expiry, _ = self._run(now_ms, precision, [])
         return cells, next_expiry
 
     def marker_candidates(self, cells6: Iterable[str]) -> list[MarkerCandidate]:
