@@ -10,6 +10,7 @@ Close codes (the UI stops reconnecting on 4401/4403; docs/auth.md lists them):
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,6 +122,7 @@ def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
     """Authenticate the socket (see ``authenticate``), take one of the token's
     MAX_SOCKETS_PER_TOKEN slots for the socket's lifetime, and give it back however
     the handler ends. Yields None when the socket was refused (already closed)."""
+    make_writes_safe(ws)
     auth = authenticate(ws, role)
     if auth is None:
         yield None
@@ -138,6 +140,31 @@ def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
         yield WsSession(ws, claims, settings)
     finally:
         slots.release(slot)
+
+
+class WholeFrameSocket:
+    """What simple-websocket writes through. It calls ``sock.send(frame)`` and ignores
+    a partial write, and its own thread sends pings and pongs on the same socket as our
+    sender thread: under backpressure a frame was cut short, or two frames interleaved,
+    and the client saw garbage ("rsv is not implemented"). Here every write is whole
+    (``sendall``) and writes take turns."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def make_writes_safe(ws: Any) -> None:
+    if not isinstance(ws.sock, WholeFrameSocket):
+        ws.sock = WholeFrameSocket(ws.sock)
 
 
 def parse_message(raw: str | bytes | None) -> dict[str, Any]:

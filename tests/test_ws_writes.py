@@ -1,0 +1,73 @@
+"""Two threads writing big frames through one socket under backpressure (our sender
+and simple-websocket's ping thread) must never cut or interleave a frame."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from app.ws import WholeFrameSocket
+
+
+def _exchange(wrap: bool) -> tuple[int, int]:
+    """Returns (intact messages, corrupt messages) read by a slow reader."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    a.settimeout(10)  # what servers set: send() may then write only part of a frame
+    out = WholeFrameSocket(a) if wrap else a
+
+    def writer(tag: int) -> None:
+        try:
+            for seq in range(40):
+                body = bytes([tag]) * (200_000 + seq)
+                out.send(struct.pack("!BI", tag, len(body)) + body)  # count ignored, as there
+        except OSError:
+            pass  # the reader gave up on a corrupt stream and closed it
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in (1, 2)]
+    for t in threads:
+        t.start()
+    intact = corrupt = 0
+    buffer = b""
+    deadline = time.monotonic() + 30
+    b.settimeout(1)
+    while time.monotonic() < deadline:
+        try:
+            chunk = b.recv(4096)
+        except TimeoutError:
+            if not any(t.is_alive() for t in threads):
+                break
+            continue
+        time.sleep(0.0002)  # a slow reader keeps the writers under backpressure
+        buffer += chunk
+        while len(buffer) >= 5:
+            tag, length = struct.unpack("!BI", buffer[:5])
+            if tag not in (1, 2) or length > 300_000:
+                corrupt += 1  # framing lost: nothing after this is readable
+                deadline = 0
+                break
+            if len(buffer) < 5 + length:
+                break
+            body, buffer = buffer[5 : 5 + length], buffer[5 + length :]
+            if body == bytes([tag]) * length:
+                intact += 1
+            else:
+                corrupt += 1
+    b.close()  # writers still blocked on a corrupt stream fail at once
+    for t in threads:
+        t.join(10)
+    a.close()
+    return intact, corrupt
+
+
+def test_whole_frames_take_turns():
+    assert _exchange(wrap=True) == (80, 0)
+
+
+def test_the_bare_socket_does_corrupt_frames():
+    """The hazard is real: without the wrapper the same exchange loses its framing."""
+    intact, corrupt = _exchange(wrap=False)
+    assert corrupt > 0 or intact < 80
