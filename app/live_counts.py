@@ -20,10 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import geohash
 import redis
 
-from app.ping import Ping
+from app.ping import Ping, geohash8
 from app.settings import Settings
 
 PRECISIONS = range(1, 9)
@@ -143,12 +142,11 @@ def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]
     """Keep each driver's most recent ping of a batch (ts, then geohash as tie-break):
     the script would discard the others anyway, so they never cross the wire."""
     best: dict[str, tuple[int, str, Ping]] = {}
-    encode = geohash.encode
     for ping in pings:
         current = best.get(ping.driver_id)
         if current is not None and ping.ts < current[0]:
             continue
-        gh = encode(ping.lat, ping.lon, STORED_PRECISION)
+        gh = geohash8(ping.lat, ping.lon)
         if current is None or ping.ts > current[0] or gh > current[1]:
             best[ping.driver_id] = (ping.ts, gh, ping)
     return best

