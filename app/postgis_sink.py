@@ -23,6 +23,7 @@ import msgspec
 import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from psycopg.copy import QueuedLibpqWriter
 
 from app import metrics
 from app.backoff import Backoff
@@ -53,11 +54,16 @@ _batch_decoder = msgspec.json.Decoder(list[Ping])
 
 
 def encode_copy(pings: Sequence[Ping]) -> bytes:
-    """The binary COPY stream for ``pings`` (geohash precision 8 computed here).
+    """The whole binary COPY stream for ``pings`` (header, rows, trailer)."""
+    return _HEADER + encode_rows(pings) + _TRAILER
 
-    Hot path (one call per sink batch): a driver's encoded id is built once per batch,
-    and each row is five appends."""
-    parts: list[bytes] = [_HEADER]
+
+def encode_rows(pings: Sequence[Ping]) -> bytes:
+    """Binary COPY rows for ``pings`` (geohash precision 8 computed here).
+
+    Hot path: a driver's encoded id is built once per call, and each row is five
+    appends."""
+    parts: list[bytes] = []
     append = parts.append
     pack_start = _ROW_START.pack
     pack_xy = _XY.pack
@@ -76,8 +82,17 @@ def encode_copy(pings: Sequence[Ping]) -> bytes:
             (_NULL if p.speed_kmh is None else pack_f4(4, p.speed_kmh))
             + (_NULL if p.heading is None else pack_f4(4, p.heading))
         )
-    append(_TRAILER)
     return b"".join(parts)
+
+
+def copy_pings(cur: psycopg.Cursor, pings: Sequence[Ping], chunk: int = 2_000) -> None:
+    """COPY ``pings`` in chunks through a queued writer: a worker thread sends chunk n
+    while this one encodes chunk n+1, so PostgreSQL works while Python encodes."""
+    with cur.copy(COPY_SQL, writer=QueuedLibpqWriter(cur)) as copy:
+        copy.write(_HEADER)
+        for start in range(0, len(pings), chunk):
+            copy.write(encode_rows(pings[start : start + chunk]))
+        copy.write(_TRAILER)
 
 
 def decode_batch(messages: Sequence[Message]) -> list[Ping | str]:
@@ -395,8 +410,7 @@ class PostgisSink:
                 # twice (dead letters are at least once, rows exactly once)
                 dead.send(bad)
             if pings:
-                with cur.copy(COPY_SQL) as copy:
-                    copy.write(encode_copy(pings))
+                copy_pings(cur, pings)
                 write_rollups(cur, pings)
             cur.executemany(
                 "UPDATE sink_offsets SET next_offset = %s, updated_at = now() "
