@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import redis
 from app import metrics
 from app.live_counts import LiveCounts
 from app.settings import Settings
-from replay.heat import View, attach_markers, build_frame, markers_wanted
+from replay.heat import CellIndex, View, attach_markers, build_frame, markers_wanted
 
 log = logging.getLogger(__name__)
 
@@ -215,15 +216,15 @@ class LiveHub:
             views = {key: next(iter(subs)).view for key, subs in self._views.items()}
             self._next_expiry_ms = None
         now = _now_ms()
-        by_precision: dict[int, dict[str, int]] = {}
+        by_precision: dict[int, CellIndex] = {}
         built = 0
         for key, view in views.items():
             if view.precision not in by_precision:
                 cells, next_expiry = self.live.snapshot(view.precision, now)
-                by_precision[view.precision] = cells
+                by_precision[view.precision] = CellIndex(cells, view.precision)
                 with self._lock:
                     self._note_expiry(next_expiry)
-            frame = self._frame(by_precision[view.precision], view, now)
+            frame = self._frame(by_precision[view.precision].within(view.bbox), view, now)
             built += 1
             if self._last_cells.get(key) == _content(frame):
                 continue
@@ -248,7 +249,7 @@ class LiveHub:
         )
         return built
 
-    def _frame(self, cells: dict[str, int], view: View, now: int) -> dict[str, Any]:
+    def _frame(self, cells: Mapping[str, int], view: View, now: int) -> dict[str, Any]:
         return with_live_markers(
             self.live, self.settings, view, build_frame(cells, view, now, "live")
         )

@@ -158,6 +158,44 @@ def build_frame(counts: Mapping[str, int], view: View, t_ms: int, mode: str) -> 
     return frame
 
 
+class CellIndex:
+    """One precision's counts bucketed by a coarser geohash prefix, so a view visits
+    only the buckets its bbox touches instead of every cell (live fan-out builds one
+    frame per view per round: without this, work = views x cells)."""
+
+    def __init__(self, counts: Mapping[str, int], precision: int):
+        self.counts = counts
+        self.k = max(1, precision - 2)
+        self.buckets: dict[str, dict[str, int]] = {}
+        for cell, value in counts.items():
+            self.buckets.setdefault(cell[: self.k], {})[cell] = value
+        w, s, e, n = cell_bounds("s" * self.k)
+        self.dlon, self.dlat = e - w, n - s
+
+    def within(self, bbox: BBox | None) -> Mapping[str, int]:
+        """Every cell that may intersect ``bbox`` (a superset; build_frame decides)."""
+        if bbox is None or len(self.buckets) <= 4:
+            return self.counts
+        eps = 1e-9  # a bucket touching the box edge holds cells touching it too
+        west, east = max(-180.0, bbox.west - eps), min(180.0 - eps, bbox.east + eps)
+        south, north = max(-90.0, bbox.south - eps), min(90.0 - eps, bbox.north + eps)
+        cols = int((east - west) / self.dlon) + 2
+        rows = int((north - south) / self.dlat) + 2
+        if cols * rows >= len(self.buckets):
+            return self.counts
+        out: dict[str, int] = {}
+        seen: set[str] = set()
+        for i in range(rows):
+            lat = min(north, south + i * self.dlat)
+            for j in range(cols):
+                lon = min(east, west + j * self.dlon)
+                key = geohash.encode(lat, lon, self.k)
+                if key not in seen:
+                    seen.add(key)
+                    out.update(self.buckets.get(key, {}))
+        return out
+
+
 def markers_wanted(view: View, frame: Mapping[str, Any], min_precision: int, cap: int) -> bool:
     """Markers at street zoom only, and only while the view holds at most ``cap``
     drivers: beyond that the heat says more than a cloud of pins."""
