@@ -41,12 +41,19 @@ class Services:
         if self._redis is None:
             with self._lock:
                 if self._redis is None:
-                    self._redis = redis.Redis.from_url(
+                    # Blocking pool: with a socket per thread (WEB_THREADS of them) a
+                    # request waits for a connection instead of failing at the pool's
+                    # limit (redis-py's default pool raises past 100 connections).
+                    pool = redis.BlockingConnectionPool.from_url(
                         self.settings.redis_url,
+                        max_connections=min(self.settings.web_threads + 16, 512),
+                        timeout=10,
                         socket_timeout=5,
                         socket_connect_timeout=3,
                         health_check_interval=30,
                     )
+                    self._redis = redis.Redis(connection_pool=pool)
+
         return self._redis
 
     @property

@@ -9,7 +9,9 @@ Close codes (the UI stops reconnecting on 4401/4403; docs/auth.md lists them):
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,7 +27,9 @@ from app.limits import SLOT_LEASE_S, SocketSlots, TokenBucket, TooManySockets, t
 from app.services import services
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 5.0
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
@@ -138,6 +142,16 @@ def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
         return
     try:
         yield WsSession(ws, claims, settings)
+    except ConnectionClosed:
+        raise
+    except Exception:
+        # Never let an error leave a socket handler: the framework would render an
+        # HTTP 500 and the server would write it into the upgraded stream, which the
+        # client then reads as a corrupt frame. Say so in a frame and close (1011).
+        log.exception("socket handler failed")
+        with contextlib.suppress(Exception):
+            send_json(ws, {"type": "error", "error": "internal", "message": "server error"})
+            ws.close(reason=CLOSE_INTERNAL_ERROR, message="server error")
     finally:
         slots.release(slot)
 

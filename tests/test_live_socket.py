@@ -178,3 +178,27 @@ def test_slow_reader_gets_the_newest_frame_not_a_queue(settings, live):
     finally:
         served.close()
         app.extensions["heatreplay"].close()
+
+
+def test_a_failing_handler_closes_with_an_error_frame_not_a_broken_stream(
+    settings, served, monkeypatch
+):
+    """An exception in a socket handler must not become an HTTP 500 written into the
+    upgraded stream (the client would read it as a corrupt frame)."""
+    from app.live_hub import LiveHub
+
+    def broken(self, view):
+        raise RuntimeError("redis pool exhausted, say")
+
+    monkeypatch.setattr(LiveHub, "subscribe", broken)
+    ws = connect(served, settings)
+    message = json.loads(ws.recv())
+    assert message == {"type": "error", "error": "internal", "message": "server error"}
+    ws.settimeout(5)
+    # then a clean close (websocket-client returns "" for a close frame); before the fix
+    # this read raised "rsv is not implemented" on the HTTP 500 written into the stream
+    try:
+        rest = ws.recv()
+    except websocket.WebSocketConnectionClosedException:
+        rest = ""
+    assert rest == ""
