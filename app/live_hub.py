@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from app import metrics
-from app.live_counts import LiveCounts
+from app.live_counts import LiveCounts, MarkerCandidate
 from app.settings import Settings
 from replay.heat import CellIndex, View, attach_markers, build_frame, markers_wanted
 
@@ -217,15 +217,18 @@ class LiveHub:
             self._next_expiry_ms = None
         now = _now_ms()
         by_precision: dict[int, CellIndex] = {}
-        built = 0
+        frames: dict[tuple[Any, ...], dict[str, Any]] = {}
         for key, view in views.items():
             if view.precision not in by_precision:
                 cells, next_expiry = self.live.snapshot(view.precision, now)
                 by_precision[view.precision] = CellIndex(cells, view.precision)
                 with self._lock:
                     self._note_expiry(next_expiry)
-            frame = self._frame(by_precision[view.precision].within(view.bbox), view, now)
-            built += 1
+            cells_in_view = by_precision[view.precision].within(view.bbox)
+            frames[key] = build_frame(cells_in_view, view, now, "live")
+        self._attach_markers_once(views, frames)
+        built = len(frames)
+        for key, frame in frames.items():
             if self._last_cells.get(key) == _content(frame):
                 continue
             payload = _dumps(frame)
@@ -248,6 +251,28 @@ class LiveHub:
             },
         )
         return built
+
+    def _attach_markers_once(
+        self, views: Mapping[tuple[Any, ...], View], frames: Mapping[tuple[Any, ...], Any]
+    ) -> None:
+        """Markers for every view that wants them from one read of the union of their
+        geohash-6 cells (views overlap, and a per-view read cost views x cells)."""
+        wanting = [
+            key
+            for key, view in views.items()
+            if markers_wanted(
+                view, frames[key], self.settings.markers_min_precision, self.settings.markers_max
+            )
+        ]
+        if not wanting:
+            return
+        needed = {cell[:6] for key in wanting for cell, _ in frames[key]["cells"]}
+        by_cell6: dict[str, list[MarkerCandidate]] = {}
+        for candidate in self.live.marker_candidates(needed):
+            by_cell6.setdefault(candidate[1][:6], []).append(candidate)
+        for key in wanting:
+            cells6 = {cell[:6] for cell, _ in frames[key]["cells"]}
+            attach_markers(frames[key], [c for c6 in cells6 for c in by_cell6.get(c6, [])])
 
     def _frame(self, cells: Mapping[str, int], view: View, now: int) -> dict[str, Any]:
         return with_live_markers(
