@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import geohash
+from _geohash import encode as _c_encode  # type: ignore[import-not-found]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_PRECISION, MAX_PRECISION = 1, 8
@@ -163,37 +164,57 @@ class CellIndex:
     only the buckets its bbox touches instead of every cell (live fan-out builds one
     frame per view per round: without this, work = views x cells)."""
 
-    def __init__(self, counts: Mapping[str, int], precision: int):
+    def __init__(self, counts: Mapping[str, int], precision: int, small: int = 64):
         self.counts = counts
-        self.k = max(1, precision - 2)
-        self.buckets: dict[str, dict[str, int]] = {}
-        for cell, value in counts.items():
-            self.buckets.setdefault(cell[: self.k], {})[cell] = value
-        w, s, e, n = cell_bounds("s" * self.k)
-        self.dlon, self.dlat = e - w, n - s
+        self.precision = precision
+        self.small = small  # below this many cells, filtering them all is cheaper
+        self._levels: dict[int, tuple[dict[str, dict[str, int]], float, float]] = {}
+
+    def _level(self, k: int) -> tuple[dict[str, dict[str, int]], float, float]:
+        """Cells bucketed by their first k characters (built on first use, per round)."""
+        if k not in self._levels:
+            buckets: dict[str, dict[str, int]] = {}
+            for cell, value in self.counts.items():
+                buckets.setdefault(cell[:k], {})[cell] = value
+            w, s, e, n = cell_bounds("s" * k)
+            self._levels[k] = (buckets, e - w, n - s)
+        return self._levels[k]
 
     def within(self, bbox: BBox | None) -> Mapping[str, int]:
-        """Every cell that may intersect ``bbox`` (a superset; build_frame decides)."""
-        if bbox is None or len(self.buckets) <= 4:
+        """Every cell that may intersect ``bbox`` (a superset; build_frame decides).
+        Buckets one character coarser than the cells when the box spans few of them,
+        else two: a view then reads about its own cells, not the city's."""
+        if bbox is None or len(self.counts) <= self.small:
             return self.counts
         eps = 1e-9  # a bucket touching the box edge holds cells touching it too
         west, east = max(-180.0, bbox.west - eps), min(180.0 - eps, bbox.east + eps)
         south, north = max(-90.0, bbox.south - eps), min(90.0 - eps, bbox.north + eps)
-        cols = int((east - west) / self.dlon) + 2
-        rows = int((north - south) / self.dlat) + 2
-        if cols * rows >= len(self.buckets):
+        for k in (self.precision - 1, self.precision - 2):
+            if k < 1:
+                return self.counts
+            buckets, dlon, dlat = self._level(k)
+            cols = int((east - west) / dlon) + 2
+            rows = int((north - south) / dlat) + 2
+            if cols * rows <= 400:
+                break
+        if cols * rows >= len(buckets):
             return self.counts
         out: dict[str, int] = {}
         seen: set[str] = set()
         for i in range(rows):
-            lat = min(north, south + i * self.dlat)
+            lat = min(north, south + i * dlat)
             for j in range(cols):
-                lon = min(east, west + j * self.dlon)
-                key = geohash.encode(lat, lon, self.k)
+                key = _encode(lat, min(east, west + j * dlon), k)
                 if key not in seen:
                     seen.add(key)
-                    out.update(self.buckets.get(key, {}))
+                    bucket = buckets.get(key)
+                    if bucket:
+                        out.update(bucket)
         return out
+
+
+def _encode(lat: float, lon: float, k: int) -> str:
+    return _c_encode(lat, lon)[:k]  # type: ignore[no-any-return]
 
 
 def markers_wanted(view: View, frame: Mapping[str, Any], min_precision: int, cap: int) -> bool:
@@ -208,11 +229,12 @@ def attach_markers(
 ) -> dict[str, Any]:
     """Add ``markers`` (SPEC extension): ``[driver_id, lat, lon, heading]`` for exactly
     the drivers the frame's cells count, sorted by driver id. A candidate is
-    (driver_id, geohash-8 cell, lat, lon, heading)."""
+    (driver_id, geohash-8 cell, lat, lon, heading), coordinates already rounded to 6
+    decimals by its source (live stores them so; replay rounds when it reads them)."""
     precision = int(frame["precision"])
     shown = {cell for cell, _ in frame["cells"]}
     frame["markers"] = sorted(
-        [driver, round(lat, 6), round(lon, 6), heading]
+        [driver, lat, lon, heading]
         for driver, cell8, lat, lon, heading in candidates
         if cell8[:precision] in shown
     )

@@ -7,7 +7,7 @@ Which frames carry markers and how they are shaped is decided once, in
 ``replay.heat.markers_wanted`` / ``attach_markers``, for live and replay alike.
 
 Values are normalised as the live worker stores them in ``{p}:pos`` (heading and speed
-as ``%g``, coordinates rounded to 6 decimals by ``attach_markers``), so the replay frame
+as ``%g``, coordinates rounded to 6 decimals here, as live stores them), so the replay frame
 at t carries the very markers the live frame at t carried.
 """
 
@@ -78,7 +78,10 @@ def marker_candidates(
             "cells": cells,
         },
     ).fetchall()
-    return [(d, gh, float(lat), float(lon), as_stored(h)) for d, gh, lat, lon, h in rows]
+    return [
+        (d, gh, round(float(lat), 6), round(float(lon), 6), as_stored(h))
+        for d, gh, lat, lon, h in rows
+    ]
 
 
 def with_replay_markers(

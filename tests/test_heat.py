@@ -47,7 +47,7 @@ def test_index_keeps_exactly_the_cells_build_frame_keeps(data, box, edge):
         box = BBox(e, s, min(180.0, e + 0.01), n)
     view = View(precision, box)
     full = build_frame(counts, view, 0, "live")
-    fast = build_frame(CellIndex(counts, precision).within(box), view, 0, "live")
+    fast = build_frame(CellIndex(counts, precision, small=0).within(box), view, 0, "live")
     assert fast == full
     for cell, _ in full["cells"]:
         cw, cs, ce, cn = cell_bounds(cell)
