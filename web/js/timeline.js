@@ -15,12 +15,15 @@ const COLOURS = {
     axis: '#6b6459',
 };
 
-// Timeline bucket: the contract's 60 s unless that would give more than ~720 bars
-// (a 24 h range → 120 s), so long ranges stay one request of a few hundred points.
-// Always a multiple of 60 s, which the server requires.
+// Timeline bucket: the contract's 60 s for ranges up to a week. The server answers
+// 60 s steps from its per-minute rollup (~10 ms a day of history); a coarser step has
+// to count distinct drivers over per-driver minutes (0.6–1 s a day), so coarser steps
+// are only for longer ranges, kept to ~720 bars. Always a multiple of 60 s.
 const STEP_CHOICES = [60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
+const MINUTE_STEPS_UP_TO_S = 7 * 86400;
 export function timelineStep(fromMs, toMs) {
     const seconds = (toMs - fromMs) / 1000;
+    if (seconds <= MINUTE_STEPS_UP_TO_S) return 60;
     return STEP_CHOICES.find((s) => seconds / s <= 720) || STEP_CHOICES[STEP_CHOICES.length - 1];
 }
 
