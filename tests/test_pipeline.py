@@ -79,6 +79,7 @@ def test_live_frames_and_history_are_exact(
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z")
         )
+
     assert f5 == {
         "type": "frame",
         "mode": "live",
@@ -137,8 +138,9 @@ def test_day_partitions_are_created_for_backfill(pipeline, client, ingest_header
     assert client.post("/api/pings", json=body, headers=ingest_headers).status_code == 202
     wait_until(lambda: sink.stats.rows >= 2, timeout=60)
     parts = db.execute(
-        "SELECT c.relname, count(*) OVER () FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'pings'::regclass AND c.relname IN ('pings_20240229', 'pings_20240301')"
+        "SELECT c.relname, count(*) OVER () FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'pings'::regclass "
+        "AND c.relname IN ('pings_20240229', 'pings_20240301')"
     ).fetchall()
     assert sorted(r[0] for r in parts) == ["pings_20240229", "pings_20240301"]
     counts = db.execute(
