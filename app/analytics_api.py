@@ -4,17 +4,13 @@ from a request). Contract and error catalogue: docs/analytics.md."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from flask import Blueprint, current_app, request
-from psycopg_pool import PoolTimeout
 
 from app import analytics_queries as q
 from app.auth import require_role
-from app.errors import InvalidParameter, ServiceUnavailable
+from app.errors import InvalidParameter
 from app.export import export_response
 from app.geo_params import (
     Area,
@@ -27,7 +23,7 @@ from app.geo_params import (
     parse_range,
     request_area,
 )
-from app.services import services
+from app.services import history_connection
 from app.settings import Settings
 from replay.heat import cell_bounds, iso_ms
 
@@ -42,15 +38,6 @@ EXPORT_FORMATS = ("csv", "geojson")
 def _settings() -> Settings:
     settings: Settings = current_app.config["SETTINGS"]
     return settings
-
-
-@contextmanager
-def _connection() -> Iterator[psycopg.Connection]:
-    try:
-        with services().pool.connection(timeout=10) as conn:
-            yield conn
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
 
 
 def _polygon_source() -> Any:
@@ -89,7 +76,7 @@ def get_activity() -> Any:
             field="step",
             limit=MAX_STEPS,
         )
-    with _connection() as conn:
+    with history_connection() as conn:
         q.check_area(conn, area, _settings())
         counts = q.activity(conn, area, rng, step) if steps else {}
         pings, drivers = q.activity_totals(conn, area, rng) if steps else (0, 0)
@@ -112,7 +99,7 @@ def get_top_cells() -> Any:
     rng, area = _range_and_area(required=False)
     precision = parse_cell_precision(request.args.get("precision"), 6)
     top = parse_int(request.args.get("top"), "top", 10, 1, MAX_TOP)
-    with _connection() as conn:
+    with history_connection() as conn:
         if area is not None:
             q.check_area(conn, area, _settings())
         cells = q.top_cells(conn, area, rng, precision, top) if rng.span_ms else []
@@ -136,7 +123,7 @@ def get_driver_path(driver_id: str) -> Any:
     fmt = request.args.get("format") or "feature"
     if fmt not in ("feature", "collection"):
         raise InvalidParameter("format must be 'feature' or 'collection'", field="format")
-    with _connection() as conn:
+    with history_connection() as conn:
         points, distance_m = q.driver_path(conn, driver_id, rng, PATH_MAX_POINTS)
     coords = [[p.lon, p.lat] for p in points]
     geometry: dict[str, Any] | None = None
@@ -182,6 +169,6 @@ def get_export() -> Any:
         raise InvalidParameter("format must be 'csv' or 'geojson'", field="format")
     rng, area = _range_and_area(required=True)
     assert area is not None
-    with _connection() as conn:
+    with history_connection() as conn:
         q.check_area(conn, area, _settings())
     return export_response(_settings(), fmt, area, rng)

@@ -10,21 +10,17 @@ trail's time range; the line itself comes from the analytics path endpoint
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import psycopg
 import redis
 from flask import Blueprint, current_app, request
-from psycopg_pool import PoolTimeout
 
 from app.auth import require_role
 from app.errors import NotFound, ServiceUnavailable
 from app.geo_params import parse_driver_id, parse_int
 from app.live_counts import LiveCounts
-from app.services import services
+from app.services import history_connection, services
 from app.settings import Settings
 from replay.heat import iso_ms, parse_time_ms
 from replay.markers import DriverPosition, as_stored, driver_at
@@ -38,15 +34,6 @@ TRAIL_MAX_MIN = 24 * 60
 def _settings() -> Settings:
     settings: Settings = current_app.config["SETTINGS"]
     return settings
-
-
-@contextmanager
-def _connection() -> Iterator[psycopg.Connection]:
-    try:
-        with services().pool.connection(timeout=10) as conn:
-            yield conn
-    except (PoolTimeout, psycopg.OperationalError) as exc:
-        raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
 
 
 def live_driver(live: LiveCounts, driver_id: str, now_ms: int) -> DriverPosition | None:
@@ -91,7 +78,7 @@ def get_driver(driver_id: str) -> Any:
             raise ServiceUnavailable(f"the live state is unavailable: {exc}") from None
     else:
         mode, t = "replay", parse_time_ms(raw_t, "t")
-        with _connection() as conn:
+        with history_connection() as conn:
             found = driver_at(conn, driver_id, t, settings.live_window_ms)
     if found is None:
         raise NotFound(

@@ -17,7 +17,7 @@ from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 from app import sock
 from app.auth import require_role
 from app.errors import InvalidParameter
-from app.services import services
+from app.services import history_connection
 from app.settings import Settings
 from app.ws import WsSession, parse_message, send_json, ws_session
 from replay.heat import View, ViewError, parse_time_ms, parse_view
@@ -78,7 +78,7 @@ def parse_replay_view(precision: Any, bbox: Any, settings: Settings) -> View:
 
 def frame_at(view: View, t_ms: int) -> dict[str, Any]:
     s = _settings()
-    with services().pool.connection() as conn:
+    with history_connection() as conn:
         return replay_frame_with_markers(
             conn, view, t_ms, s.live_window_ms, s.markers_min_precision, s.markers_max
         )
@@ -95,7 +95,7 @@ def get_timeline() -> Any:
         raise InvalidParameter(
             f"at most {MAX_TIMELINE_POINTS} points: use a longer step", field="step"
         )
-    with services().pool.connection() as conn:
+    with history_connection() as conn:
         return timeline(conn, start, end, step)
 
 
@@ -107,7 +107,7 @@ def get_peaks() -> Any:
     if window % 60:
         raise InvalidParameter("window must be a multiple of 60 seconds", field="window")
     top = _whole(request.args, "top", 3, 1, MAX_TOP)
-    with services().pool.connection() as conn:
+    with history_connection() as conn:
         return peaks(conn, start, end, window, top)
 
 

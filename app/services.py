@@ -4,13 +4,17 @@ gunicorn forks) and closed at exit."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import redis
 from flask import current_app
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.db import make_pool
+from app.errors import ServiceUnavailable
 from app.kafka_io import PingProducer
 from app.live_counts import LiveCounts
 from app.live_hub import LiveHub
@@ -90,6 +94,16 @@ class Services:
             pool.close()
         if client is not None:
             client.close()
+
+
+@contextmanager
+def history_connection(timeout_s: float = 10) -> Iterator[psycopg.Connection]:
+    """A pooled PostgreSQL connection for one request; an unreachable database is a 503."""
+    try:
+        with services().pool.connection(timeout=timeout_s) as conn:
+            yield conn
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
 
 
 def services() -> Services:
