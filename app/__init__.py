@@ -19,11 +19,14 @@ def create_app(
     settings: Settings | None = None, test_config: dict[str, Any] | None = None
 ) -> Flask:
     """App factory: wires settings, services, blueprints and the web UI; nothing else."""
+    from app.analytics_api import bp as analytics_bp
+    from app.drivers_api import bp as drivers_bp
     from app.errors import register_error_handlers
     from app.ingest import bp as ingest_bp
     from app.live_api import bp as live_bp
     from app.logging_setup import configure_logging
     from app.ops import bp as ops_bp
+    from app.replay_api import bp as replay_bp
     from app.services import Services
 
     # a Settings built in code is held to the same rules as one from the environment
@@ -44,9 +47,9 @@ def create_app(
 
     register_error_handlers(app)
     sock.init_app(app)
-    for bp in (ingest_bp, live_bp, ops_bp):
+    # one blueprint per area: ingest, live, replay, analytics, drivers, ops
+    for bp in (ingest_bp, live_bp, replay_bp, analytics_bp, drivers_bp, ops_bp):
         app.register_blueprint(bp)
-    _register_optional(app)
 
     @app.get("/")
     def index() -> Any:
@@ -57,17 +60,3 @@ def create_app(
         return send_from_directory(WEB_DIR, name)
 
     return app
-
-
-def _register_optional(app: Flask) -> None:
-    """Blueprints of areas that may not exist yet in a given checkout."""
-    import importlib
-
-    for module in ("app.replay_api", "app.analytics_api", "app.drivers_api"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.register_blueprint(mod.bp)
