@@ -179,6 +179,9 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             ended: false,
             cursor: startAt,
             resumeAt: startAt, // where a (re)connect should continue
+            // While paused, only frames answering our own seeks are drawn: a frame the
+            // server sent just before it read "pause" must not move the clock on.
+            pendingSeeks: 0,
             conn: 'connecting',
         };
         s.socket = new ReconnectingSocket({
@@ -198,7 +201,11 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             onOpen: () => {
                 // A reconnect (or a start mid-range) continues where we were.
                 if (s.resumeAt > s.from) s.socket.send({ op: 'seek', t: s.resumeAt });
-                if (s.paused) s.socket.send({ op: 'pause' });
+                if (s.paused) {
+                    // the stream's first frame, then the seek's, are the catch-up to draw
+                    s.pendingSeeks = s.resumeAt > s.from ? 2 : 1;
+                    s.socket.send({ op: 'pause' });
+                }
             },
             onMessage: (msg) => handleMessage(s, msg),
             onStatus: (status, detail) => {
@@ -219,6 +226,10 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
     function handleMessage(s, msg) {
         if (session !== s) return;
         if (msg.type === 'frame') {
+            if (s.paused) {
+                if (s.pendingSeeks <= 0) return; // sent before the server saw our pause
+                s.pendingSeeks -= 1;
+            }
             const t = parseTime(msg.t);
             if (Number.isFinite(t)) {
                 s.cursor = t;
@@ -264,6 +275,7 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             return;
         }
         s.paused = !s.paused;
+        s.pendingSeeks = 0;
         s.socket.send({ op: s.paused ? 'pause' : 'play' });
         publish();
     }
@@ -283,6 +295,7 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             s.socket.start();
             return;
         }
+        if (s.paused) s.pendingSeeks += 1;
         s.socket.send({ op: 'seek', t: target }); // if not connected, the reconnect resumes there
     }
 
