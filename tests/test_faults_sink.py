@@ -54,7 +54,9 @@ def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, ru
     stop_feed = threading.Event()
 
     def feed() -> None:
-        for batch in chunks(pings, 1000):
+        # ~8 s of steady flow (small chunks), so the cuts land while the sink has work:
+        # an idle sink holds no connection to cut
+        for batch in chunks(pings, 250):
             produce(producer, batch)
             accepted.update(key_of(p) for p in batch)
             if stop_feed.wait(0.05):
@@ -64,7 +66,7 @@ def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, ru
     feeder.start()
     wait_until(lambda: stored_position(db, settings) > 0, timeout=30)
     cuts = 0
-    while cuts < 4:
+    while cuts < 4 and feeder.is_alive():
         killed = db.execute(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = %s",
@@ -72,6 +74,7 @@ def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, ru
         ).fetchone()[0]
         cuts += int(killed)
         time.sleep(0.3)
+    assert cuts == 4, f"only {cuts} sink connections cut while pings flowed"
     feeder.join(60)
     assert not feeder.is_alive()
     wait_until(lambda: stored_position(db, settings) >= len(pings), timeout=60)
