@@ -17,7 +17,6 @@ import argparse
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -38,28 +37,13 @@ from app.db import migrate  # noqa: E402
 from app.ping import Ping  # noqa: E402
 from app.postgis_sink import COPY_SQL, encode_copy  # noqa: E402
 from app.settings import load_settings  # noqa: E402
+from bench.stack import free_port, rss_kib  # noqa: E402
 
 T0 = 1_795_132_800_000  # 2026-11-20T00:00:00Z
 STEP_MS = 50  # one ping every 50 ms: 1M pings span ~13.9 h of one day
 BBOX = "3.0,6.3,4.2,6.8"
 GUNICORN = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", "4"]
 GUNICORN += ["--log-level", "warning"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except FileNotFoundError:
-        pass
-    return 0
 
 
 def children(pid: int) -> list[int]:
