@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import IO
 
 from app.kafka_io import wait_for_broker
@@ -80,8 +79,3 @@ def start_embedded_broker(
             + (f" (exit code {proc.returncode})" if proc.returncode is not None else "")
         ) from None
     return proc
-
-
-def log_path(run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir / "broker.log"

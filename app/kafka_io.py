@@ -78,7 +78,6 @@ class PingProducer:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.topic = settings.topic_pings
-        self.broker_down = False
         self._lock = threading.Lock()
         self._producer = self._new_producer()
 
@@ -86,8 +85,6 @@ class PingProducer:
         return Producer({**producer_config(self.settings), "error_cb": self._on_error})
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            self.broker_down = True
         log.warning("kafka producer: %s", err)
 
     def send(self, messages: Iterable[tuple[bytes, bytes]], topic: str | None = None) -> int:
@@ -114,7 +111,6 @@ class PingProducer:
             reason = failures[0].str() if failures else f"{remaining} messages unacknowledged"
             self._replace(producer)
             raise BrokerUnavailable(reason)
-        self.broker_down = False
         return count
 
     def _replace(self, failed: Producer) -> None:

@@ -28,7 +28,6 @@ from app.settings import Settings
 PRECISIONS = range(1, 9)
 # (driver_id, geohash-8 cell, lat, lon, heading or None)
 MarkerCandidate = tuple[str, str, float, float, float | None]
-STORED_PRECISION = 8
 
 _LUA = """
 local cutoff = tonumber(ARGV[1])
@@ -234,9 +233,6 @@ class LiveCounts:
             return {}
         values = self.redis.hmget(self.keys.pos, names)
         return {d: _text(v) for d, v in zip(names, values, strict=True) if v is not None}
-
-    def active_drivers(self) -> int:
-        return int(self.redis.hlen(self.keys.drv))
 
     def wipe(self) -> None:
         self.redis.delete(*self.keys.all_keys())

@@ -210,7 +210,3 @@ def geohash8(lat: float, lon: float) -> str:
     if -90.0 <= lat < 90.0 and -180.0 <= lon < 180.0:
         return _c_encode(lat, lon)[:8]  # type: ignore[no-any-return]
     return geohash.encode(lat, lon, 8)  # type: ignore[no-any-return]
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=ms)

@@ -239,12 +239,3 @@ def attach_markers(
         if cell8[:precision] in shown
     )
     return frame
-
-
-def counts_at(precision: int, cells8: Mapping[str, int]) -> dict[str, int]:
-    """Roll precision-8 (or finer) counts up to ``precision`` (coarser = sum of children)."""
-    out: dict[str, int] = {}
-    for cell, value in cells8.items():
-        key = cell[:precision]
-        out[key] = out.get(key, 0) + value
-    return out
