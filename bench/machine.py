@@ -10,6 +10,7 @@ from typing import Any
 import confluent_kafka
 import psycopg
 import redis
+from psycopg.conninfo import make_conninfo
 
 from app.broker import broker_binary
 from app.settings import load_settings
@@ -47,7 +48,10 @@ def busy_processes(limit: int = 5) -> list[str]:
 
 def machine() -> dict[str, Any]:
     settings = load_settings({**os.environ, "HEATREPLAY_ENV": "test"}, dotenv=None)
-    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+    # the maintenance database: the server's versions, whether or not the product's
+    # own database was ever created on this machine
+    admin = make_conninfo(settings.database_url, dbname="postgres")
+    with psycopg.connect(admin, connect_timeout=5) as conn:
         row = conn.execute(
             "SELECT current_setting('server_version'), "
             "(SELECT default_version FROM pg_available_extensions WHERE name = 'postgis')"

@@ -141,6 +141,13 @@ class Worker:
         )
         return self
 
+    def log_count(self, text: str) -> int:
+        """How many lines of this worker's log (all its runs) contain ``text``."""
+        if not self.log_path.exists():
+            return 0
+        with open(self.log_path, "rb") as log:
+            return sum(1 for line in log if text.encode() in line)
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -251,11 +258,18 @@ def kill_soak(
             result.kills += 1
         feeder.join(120)
         assert not feeder.is_alive() and not failure, failure
+        assigned = sink.log_count("sink assigned")
         sink.start()
         deadline = time.monotonic() + 60
         while stored_position(conn, settings) < total:
             assert time.monotonic() < deadline, "the last sink did not catch up in 60s"
             time.sleep(0.1)
+        # the killed sink may have written everything already: stop the last one only
+        # once it runs (a SIGTERM during interpreter start-up is not a clean stop)
+        while sink.log_count("sink assigned") == assigned:
+            assert time.monotonic() < deadline, "the last sink was never assigned"
+            assert sink.alive, "sink exited on its own"
+            time.sleep(0.05)
         result.clean_exit_code = sink.terminate()
     finally:
         sink.cleanup()
