@@ -139,6 +139,7 @@ class PostgisSink:
     after_db_commit: Callable[[int], None] | None = None
     _days: set[date] = field(default_factory=set)
     _redis: redis.Redis | None = None
+    _metrics: metrics.CounterBuffer | None = None
     _conn: psycopg.Connection | None = None
     _written: dict[int, int] = field(default_factory=dict)
 
@@ -164,6 +165,8 @@ class PostgisSink:
             consumer.close()
             self._drop_conn()
             dead.close()
+            if self._metrics is not None:
+                self._metrics.close()
             if self._redis is not None:
                 self._redis.close()
         return self.stats
@@ -258,14 +261,13 @@ class PostgisSink:
             log.warning("sink: Kafka commit failed (%s); PostgreSQL keeps the position", exc)
 
     def report(self, rows: int, dead: int) -> None:
-        """Batch figures for /metrics (best effort, one pipeline per batch)."""
-        if self._redis is None:
+        """Batch figures for /metrics (best effort, sent by a background thread)."""
+        if self._metrics is None:
             self._redis = redis.Redis.from_url(
                 self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
             )
-        metrics.incr(
-            self._redis,
-            self.settings.redis_key_prefix,
+            self._metrics = metrics.CounterBuffer(self._redis, self.settings.redis_key_prefix)
+        self._metrics.add(
             {
                 "sink_batches": 1,
                 "sink_rows": rows,

@@ -115,7 +115,12 @@ def test_metrics_are_exact_across_the_pipeline(
             )
             for g in groups
         }
-        return m if total == {g: 4 for g in groups} else None
+        # the workers' batch figures reach Redis from a background thread (within 0.2 s)
+        figures_in = (
+            m.get(("heatreplay_sink_batches_total", ())) == sink.stats.batches
+            and m.get(("heatreplay_live_batches_total", ())) == live.stats.batches
+        )
+        return m if total == {g: 4 for g in groups} and figures_in else None
 
     # the sink commits to Kafka asynchronously after PostgreSQL: wait for it
     m = wait_until(committed_everything, timeout=20, interval=0.3)
