@@ -9,13 +9,16 @@ shapes the frame, so a view means exactly the same thing in both modes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import chain, groupby
 from typing import Any
 
 import geohash
+import msgspec
 from _geohash import encode as _c_encode  # type: ignore[import-not-found]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -239,3 +242,194 @@ def attach_markers(
         if cell8[:precision] in shown
     )
     return frame
+
+
+# --- pre-encoded frames: live fan-out builds one frame per view per round -----------
+#
+# ``build_frame`` above is the definition; what follows gives byte-for-byte the same
+# frame, serialised, for many views of one counts snapshot at once. Each view's box is
+# turned once (per view, not per round) into a cover: sorted, disjoint geohash
+# prefixes whose cells at the view's precision are exactly the cells ``build_frame``
+# keeps. Each round, one precision's cells are encoded once and joined per prefix
+# (``FrameParts``), so a view's frame is a few dictionary look-ups and a string join,
+# whatever its number of cells; markers likewise (``MarkerParts``).
+
+BASE32 = "0123456789bcdefghjkmnpqrstuvwxyz"
+WORLD = (-180.0, -90.0, 180.0, 90.0)
+_json = msgspec.json.Encoder()
+
+
+def _child_grid(parent: str) -> tuple[int, int, dict[tuple[int, int], str]]:
+    """How a prefix's 32 children tile it: (columns, rows, (col, row) -> character).
+    The same for every prefix of the same length parity (8 x 4 even, 4 x 8 odd)."""
+    pw, ps, _, _ = cell_bounds(parent) if parent else WORLD
+    grid: dict[tuple[int, int], str] = {}
+    for char in BASE32:
+        w, s, e, n = cell_bounds(parent + char)
+        grid[(round((w - pw) / (e - w)), round((s - ps) / (n - s)))] = char
+    cols = 1 + max(c for c, _ in grid)
+    return cols, 32 // cols, grid
+
+
+_GRIDS = (_child_grid(""), _child_grid("s"))  # children of even / odd length prefixes
+
+
+def cover(bbox: BBox | None, precision: int, limit: int = 4096) -> tuple[str, ...] | None:
+    """The view as geohash prefixes: sorted, disjoint, each either wholly inside
+    ``bbox`` or one cell at ``precision`` that touches it; so the non-zero cells under
+    them are exactly the cells ``build_frame`` keeps for the view, in its order. None
+    when that takes more than ``limit`` prefixes (a huge box at a fine precision).
+    Costs about its own length; cell edges are exact binary fractions of a degree, so
+    the arithmetic here gives the same edges as ``cell_bounds``."""
+    if bbox is None:
+        return ("",)
+    bw, bs, be, bn = bbox.west, bbox.south, bbox.east, bbox.north
+    out: list[str] = []
+
+    def visit(prefix: str, w: float, s: float, e: float, n: float) -> bool:
+        cols, rows, grid = _GRIDS[len(prefix) % 2]
+        cw, ch = (e - w) / cols, (n - s) / rows
+        xs = [
+            (c, x, x + cw, bw <= x and x + cw <= be)
+            for c in range(cols)
+            if (x := w + c * cw) <= be and x + cw >= bw
+        ]
+        ys = [
+            (r, y, y + ch, bs <= y and y + ch <= bn)
+            for r in range(rows)
+            if (y := s + r * ch) <= bn and y + ch >= bs
+        ]
+        finest = len(prefix) + 1 == precision
+        for c, x0, x1, x_in in xs:
+            for r, y0, y1, y_in in ys:
+                child = prefix + grid[(c, r)]
+                if finest or (x_in and y_in):
+                    out.append(sys.intern(child))
+                    if len(out) > limit:
+                        return False
+                elif not visit(child, x0, y0, x1, y1):
+                    return False
+        return True
+
+    w, s, e, n = WORLD
+    if bw <= w and e <= be and bs <= s and n <= bn:
+        return ("",)
+    if not visit("", w, s, e, n):
+        return None
+    out.sort()
+    return tuple(out)
+
+
+# (cells as JSON without the brackets, total, max, the cells themselves)
+Part = tuple[str, int, int, tuple[str, ...]]
+
+
+class FrameParts:
+    """One precision's non-zero cells of one snapshot, encoded once: for every prefix
+    of every cell, the JSON of its cells (``["gh",n],...``, sorted), their total and
+    max, and (``keep_cells``) the cells, for markers."""
+
+    def __init__(self, counts: Mapping[str, int], precision: int, keep_cells: bool = False):
+        self.precision = precision
+        cells = sorted(cell for cell, value in counts.items() if value > 0)
+        if any(len(cell) != precision for cell in cells):
+            raise ValueError(f"cells of precision {precision} expected")
+        level: list[tuple[str, Part]] = []
+        for cell in cells:
+            v = counts[cell]
+            level.append((cell, (_json.encode([cell, v]).decode(), v, v, (cell,) * keep_cells)))
+        parts: dict[str, Part] = dict(level)
+        for k in range(precision - 1, -1, -1):
+            coarser: list[tuple[str, Part]] = []
+            for prefix, group in groupby(level, key=lambda item: item[0][:k]):
+                children = [part for _, part in group]
+                if len(children) == 1:
+                    coarser.append((prefix, children[0]))
+                    continue
+                texts, totals, peaks, kept = zip(*children, strict=True)
+                coarser.append(
+                    (
+                        prefix,
+                        (
+                            ",".join(texts),
+                            sum(totals),
+                            max(peaks),
+                            tuple(chain.from_iterable(kept)) if keep_cells else (),
+                        ),
+                    )
+                )
+            parts.update(coarser)
+            level = coarser
+        self._parts = parts
+
+    def view(self, prefixes: Iterable[str]) -> tuple[str, int, int, list[tuple[str, ...]]]:
+        """(cells JSON without brackets, total, max, the cells in groups) of the view
+        whose ``cover`` is ``prefixes``."""
+        hits = list(filter(None, map(self._parts.get, prefixes)))
+        if not hits:
+            return "", 0, 0, []
+        texts, totals, peaks, kept = zip(*hits, strict=True)
+        return ",".join(texts), sum(totals), max(peaks), list(kept)
+
+
+class MarkerParts:
+    """Marker candidates of one round, each encoded once and ranked in the order
+    ``attach_markers`` sorts them, grouped per cell at each precision asked for."""
+
+    def __init__(self, candidates: Iterable[tuple[str, str, float, float, float | None]]):
+        ranked = sorted(
+            ([driver, lat, lon, heading], cell8) for driver, cell8, lat, lon, heading in candidates
+        )
+        self._texts = [_json.encode(marker).decode() for marker, _ in ranked]
+        self._cells8 = [cell8 for _, cell8 in ranked]
+        self._by_cell: dict[int, dict[str, list[int]]] = {}
+
+    def _ranks(self, precision: int) -> dict[str, list[int]]:
+        by_cell = self._by_cell.get(precision)
+        if by_cell is None:
+            by_cell = {}
+            for rank, cell8 in enumerate(self._cells8):
+                by_cell.setdefault(cell8[:precision], []).append(rank)
+            self._by_cell[precision] = by_cell
+        return by_cell
+
+    def json_for(self, cells: Iterable[str], precision: int) -> str:
+        """The markers (JSON without brackets) of the candidates in ``cells``, exactly
+        as ``attach_markers`` lists them for a frame showing those cells."""
+        by_cell = self._ranks(precision)
+        ranks = sorted(chain.from_iterable(filter(None, map(by_cell.get, cells))))
+        return ",".join(map(self._texts.__getitem__, ranks))
+
+
+def encode_frame(
+    mode: str,
+    t_ms: int,
+    precision: int,
+    cells_json: str,
+    total: int,
+    peak: int,
+    bbox: BBox | None,
+    markers_json: str | None = None,
+) -> str:
+    """The JSON text of ``build_frame``'s frame (plus ``markers`` when given) from its
+    pre-encoded parts: the same bytes as encoding the dict."""
+    out = [
+        '{"type":"frame","mode":',
+        _json.encode(mode).decode(),
+        ',"t":"',
+        iso_ms(t_ms),
+        '","precision":',
+        str(int(precision)),
+        ',"cells":[',
+        cells_json,
+        '],"total":',
+        str(int(total)),
+        ',"max":',
+        str(int(peak)),
+    ]
+    if bbox is not None:
+        out += [',"bbox":', _json.encode(bbox.as_list()).decode()]
+    if markers_json is not None:
+        out += [',"markers":[', markers_json, "]"]
+    out.append("}")
+    return "".join(out)
