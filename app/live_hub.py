@@ -17,19 +17,32 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import msgspec
 import redis
 
 from app import metrics
-from app.live_counts import LiveCounts, MarkerCandidate
+from app.live_counts import LiveCounts
 from app.settings import Settings
-from replay.heat import CellIndex, View, attach_markers, build_frame, markers_wanted
+from replay.heat import (
+    CellIndex,
+    FrameParts,
+    MarkerParts,
+    View,
+    attach_markers,
+    build_frame,
+    cover,
+    encode_frame,
+    markers_wanted,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REPLIES = 16
+COVER_LIMIT = 4096  # prefixes; a bigger view (huge box, fine cells) is built plainly
+MISSING: Any = object()
 
 
 def view_key(view: View) -> tuple[Any, ...]:
@@ -90,7 +103,10 @@ class LiveHub:
         self.live = LiveCounts(client, settings)
         self._lock = threading.Lock()
         self._views: dict[tuple[Any, ...], set[Subscription]] = defaultdict(set)
-        self._last_cells: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._last_cells: dict[tuple[Any, ...], tuple[str, str | None]] = {}
+        # each view's box as geohash prefixes (replay.heat.cover); None: too big, built
+        # the plain way
+        self._covers: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
         self._last_payload: dict[tuple[Any, ...], str] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -130,6 +146,8 @@ class LiveHub:
             if payload is not None:
                 self._views[key].add(sub)
         if payload is None:
+            # here, on the socket's thread, not in the hub's round (~1 ms a view)
+            prefixes = cover(sub.view.bbox, sub.view.precision, COVER_LIMIT)
             now = _now_ms()
             cells, next_expiry = self.live.snapshot(sub.view.precision, now)
             frame = self._frame(cells, sub.view, now)
@@ -138,6 +156,7 @@ class LiveHub:
                 if key not in self._last_payload:
                     self._last_cells[key] = _content(frame)
                     self._last_payload[key] = payload
+                    self._covers[key] = prefixes
                 else:  # another socket opened this view meanwhile; its state is as new
                     payload = self._last_payload[key]
                 self._views[key].add(sub)
@@ -157,6 +176,7 @@ class LiveHub:
                 del self._views[key]
                 self._last_cells.pop(key, None)
                 self._last_payload.pop(key, None)
+                self._covers.pop(key, None)
 
     def _note_expiry(self, next_expiry: int | None) -> None:
         if next_expiry is not None and (
@@ -210,69 +230,99 @@ class LiveHub:
 
     def build_and_deliver(self) -> int:
         """One round: counts once per precision, one frame per view, to every mailbox
-        whose view changed. Returns the number of frames built."""
+        whose view changed. Returns the number of frames built.
+
+        A view's frame is assembled from JSON encoded once per round: each precision's
+        cells per geohash prefix (replay.heat.FrameParts), each marker once
+        (MarkerParts), joined along the view's cover. The bytes are build_frame's +
+        attach_markers' (tests/test_frame_parts.py, tests/test_live_hub_rounds.py)."""
         started = time.perf_counter()
         with self._lock:
             views = {key: next(iter(subs)).view for key, subs in self._views.items()}
+            covers = {key: self._covers.get(key, MISSING) for key in views}
             self._next_expiry_ms = None
         now = _now_ms()
-        by_precision: dict[int, CellIndex] = {}
-        frames: dict[tuple[Any, ...], dict[str, Any]] = {}
+        settings = self.settings
+        snapshots: dict[int, dict[str, int]] = {}
+        parts: dict[int, FrameParts] = {}
+        indexes: dict[int, CellIndex] = {}  # for views too big for a cover
+        built: dict[tuple[Any, ...], _Built] = {}
         for key, view in views.items():
-            if view.precision not in by_precision:
-                cells, next_expiry = self.live.snapshot(view.precision, now)
-                by_precision[view.precision] = CellIndex(cells, view.precision)
+            precision = view.precision
+            if precision not in snapshots:
+                cells, next_expiry = self.live.snapshot(precision, now)
+                snapshots[precision] = cells
+                parts[precision] = FrameParts(
+                    cells, precision, keep_cells=precision >= settings.markers_min_precision
+                )
                 with self._lock:
                     self._note_expiry(next_expiry)
-            cells_in_view = by_precision[view.precision].within(view.bbox)
-            frames[key] = build_frame(cells_in_view, view, now, "live")
-        self._attach_markers_once(views, frames)
-        built = len(frames)
-        for key, frame in frames.items():
-            if self._last_cells.get(key) == _content(frame):
+            prefixes = covers[key]
+            if prefixes is MISSING:
+                prefixes = covers[key] = cover(view.bbox, precision, COVER_LIMIT)
+            if prefixes is None:
+                if precision not in indexes:
+                    indexes[precision] = CellIndex(snapshots[precision], precision)
+                built[key] = _plain(indexes[precision], view, now)
+            else:
+                built[key] = _Built(*parts[precision].view(prefixes))
+        self._add_markers(views, built)
+        for key, view in views.items():
+            b = built[key]
+            content = ("[" + b.cells_json + "]", None if b.markers is None else f"[{b.markers}]")
+            if self._last_cells.get(key) == content:
                 continue
-            payload = _dumps(frame)
+            payload = encode_frame(
+                "live", now, view.precision, b.cells_json, b.total, b.peak, view.bbox, b.markers
+            )
             with self._lock:
                 members = self._views.get(key)
                 if not members:
                     continue  # every socket left or moved on while we read
-                self._last_cells[key] = _content(frame)
+                self._last_cells[key] = content
                 self._last_payload[key] = payload
+                self._covers.setdefault(key, covers[key])
                 for sub in members:
                     sub.mailbox.put_frame(payload)
-        self.builds += built
+        self.builds += len(built)
         metrics.incr(
             self.redis,
             self.settings.redis_key_prefix,
             {
                 "live_frame_rounds": 1,
-                "live_frames_built": built,
+                "live_frames_built": len(built),
                 "live_frame_seconds": time.perf_counter() - started,
             },
         )
-        return built
+        return len(built)
 
-    def _attach_markers_once(
-        self, views: Mapping[tuple[Any, ...], View], frames: Mapping[tuple[Any, ...], Any]
+    def _add_markers(
+        self, views: Mapping[tuple[Any, ...], View], built: Mapping[tuple[Any, ...], _Built]
     ) -> None:
         """Markers for every view that wants them from one read of the union of their
         geohash-6 cells (views overlap, and a per-view read cost views x cells)."""
         wanting = [
             key
             for key, view in views.items()
-            if markers_wanted(
-                view, frames[key], self.settings.markers_min_precision, self.settings.markers_max
-            )
+            if view.precision >= self.settings.markers_min_precision
+            and 0 < built[key].total <= self.settings.markers_max
         ]
         if not wanting:
             return
-        needed = {cell[:6] for key in wanting for cell, _ in frames[key]["cells"]}
-        by_cell6: dict[str, list[MarkerCandidate]] = {}
-        for candidate in self.live.marker_candidates(needed):
-            by_cell6.setdefault(candidate[1][:6], []).append(candidate)
+        shown: set[str] = set()
         for key in wanting:
-            cells6 = {cell[:6] for cell, _ in frames[key]["cells"]}
-            attach_markers(frames[key], [c for c6 in cells6 for c in by_cell6.get(c6, [])])
+            for group in built[key].cells:
+                shown.update(group)
+        # a frame's candidates are read by the geohash-6 cells of its cells (as
+        # with_live_markers does; below precision 6 that finds none)
+        candidates = MarkerParts(self.live.marker_candidates({cell[:6] for cell in shown}))
+        for key in wanting:
+            b, precision = built[key], views[key].precision
+            b.markers = (
+                candidates.json_for(chain.from_iterable(b.cells), precision)
+                if precision >= 6
+                else ""
+            )
 
     def _frame(self, cells: Mapping[str, int], view: View, now: int) -> dict[str, Any]:
         return with_live_markers(
@@ -308,9 +358,28 @@ def with_live_markers(
     return frame
 
 
-def _content(frame: dict[str, Any]) -> tuple[Any, Any]:
+def _content(frame: dict[str, Any]) -> tuple[str, str | None]:
     """What a viewer sees change: the cells, and the markers when there are any."""
-    return frame["cells"], frame.get("markers")
+    markers = frame.get("markers")
+    return _dumps(frame["cells"]), None if markers is None else _dumps(markers)
+
+
+@dataclass(eq=False)
+class _Built:
+    """A view's frame this round, still in parts (replay.heat.encode_frame joins them)."""
+
+    cells_json: str  # the cells as JSON, without the brackets
+    total: int
+    peak: int
+    cells: list[tuple[str, ...]]  # the frame's cells, in groups (when markers may be wanted)
+    markers: str | None = None  # the markers as JSON without brackets, when the frame has any
+
+
+def _plain(index: CellIndex, view: View, now: int) -> _Built:
+    """A view whose box is too big for a cover (COVER_LIMIT): build_frame."""
+    frame = build_frame(index.within(view.bbox), view, now, "live")
+    cells = frame["cells"]
+    return _Built(_dumps(cells)[1:-1], frame["total"], frame["max"], [tuple(c for c, _ in cells)])
 
 
 def _now_ms() -> int:
@@ -320,6 +389,6 @@ def _now_ms() -> int:
 _encoder = msgspec.json.Encoder()
 
 
-def _dumps(frame: dict[str, Any]) -> str:
+def _dumps(frame: Any) -> str:
     # a text frame, serialised once per view per round (msgspec: ~5x stdlib json)
     return _encoder.encode(frame).decode()
