@@ -39,25 +39,17 @@ def _settings() -> Settings:
 def live_driver(live: LiveCounts, driver_id: str, now_ms: int) -> DriverPosition | None:
     """The driver's latest ping if it is still inside the live window at now_ms (a
     driver the worker has not expired yet but that has gone quiet is not on the map)."""
-    pipe = live.redis.pipeline(transaction=False)
-    pipe.hget(live.keys.drv, driver_id)
-    pipe.hget(live.keys.pos, driver_id)
-    latest, pos = pipe.execute()
-    if latest is None or pos is None:
+    state = live.driver(driver_id)
+    if state is None or state.ts <= now_ms - live.settings.live_window_ms:
         return None
-    ts_text, cell8 = _text(latest).split(":", 1)
-    ts = int(float(ts_text))
-    if ts <= now_ms - live.settings.live_window_ms:
-        return None
-    lat, lon, heading, speed = _text(pos).split(",")
     return DriverPosition(
         driver_id,
-        ts,
-        cell8,
-        float(lat),
-        float(lon),
-        as_stored(float(speed)) if speed else None,
-        as_stored(float(heading)) if heading else None,
+        state.ts,
+        state.cell8,
+        state.lat,
+        state.lon,
+        as_stored(state.speed_kmh) if state.speed_kmh is not None else None,
+        as_stored(state.heading) if state.heading is not None else None,
     )
 
 

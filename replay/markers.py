@@ -6,7 +6,7 @@ the ordering replay.history uses for the counts and the live Lua script uses in 
 Which frames carry markers and how they are shaped is decided once, in
 ``replay.heat.markers_wanted`` / ``attach_markers``, for live and replay alike.
 
-Values are normalised as the live worker stores them in ``{p}:pos`` (heading and speed
+Values are normalised as the live worker stores them in ``{p}:drv`` (heading and speed
 as ``%g``, coordinates rounded to 6 decimals here, as live stores them), so the replay frame
 at t carries the very markers the live frame at t carried.
 """

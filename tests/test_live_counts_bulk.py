@@ -1,0 +1,111 @@
+"""The live script's bulk paths: batches larger than its 4,000-driver chunks, drivers
+expiring and coming back within one batch, and moves across geohash-6 cells, checked
+against a brute-force evaluation of the SPEC heat value at every precision, and the
+marker sets against the drivers' stored cells."""
+
+from __future__ import annotations
+
+import random
+
+import geohash
+import pytest
+import redis
+
+from app.live_counts import PRECISIONS, DriverState, LiveCounts
+from app.ping import Ping
+
+WINDOW_S = 10.0
+T0 = 1_790_000_000_000
+
+
+@pytest.fixture
+def live(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    yield LiveCounts(client, settings.with_(live_window_s=WINDOW_S))
+    client.close()
+
+
+def brute(latest: dict[str, Ping], now: int, precision: int) -> dict[str, int]:
+    """Distinct drivers per cell whose latest ping is in (now - W, now]."""
+    out: dict[str, int] = {}
+    for p in latest.values():
+        if now - WINDOW_S * 1000 < p.ts <= now:
+            cell = geohash.encode(p.lat, p.lon, 8)[:precision]
+            out[cell] = out.get(cell, 0) + 1
+    return out
+
+
+def marker_sets(live: LiveCounts) -> dict[str, set[str]]:
+    prefix = live.settings.redis_key_prefix
+    pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "m:*"
+    out = {}
+    for key in live.redis.scan_iter(match=pattern):
+        members = {m.decode() for m in live.redis.smembers(key)}
+        if members:
+            out[key.decode()[len(prefix) + 2 :]] = members
+    return out
+
+
+def test_big_batches_expiry_and_return_in_one_batch_are_exact(live):
+    rng = random.Random(11)
+    n = 9_001  # three chunks of the script's bulk reads and writes
+    where = {f"d{i}": (6.45 + rng.random() * 0.2, 3.3 + rng.random() * 0.2) for i in range(n)}
+    latest: dict[str, Ping] = {}
+
+    def send(drivers: list[str], ts: int, jump: float) -> None:
+        batch = []
+        for d in drivers:
+            lat, lon = where[d]
+            # most move a street (new geohash-8), some jump across geohash-6 cells
+            lat += jump if rng.random() < 0.2 else 0.0005
+            where[d] = (lat, lon)
+            ping = Ping(d, lat, lon, ts, heading=90.0, speed_kmh=30.0)
+            batch.append(ping)
+            latest[d] = ping
+        live.apply(batch, now_ms=ts)
+
+    everyone = sorted(where)
+    send(everyone, T0, 0.02)
+    send(everyone, T0 + 1000, 0.02)
+    # half go quiet; 11 s later they are out of the window, while a third of them
+    # come back in the same batch that expires them, somewhere else
+    quiet = everyone[::2]
+    send(everyone[1::2], T0 + 6000, 0.02)
+    back = quiet[::3]
+    send(back + everyone[1::2][:500], T0 + 12_000, 0.05)
+
+    now = T0 + 12_000
+    for precision in PRECISIONS:
+        assert live.cells(precision, now) == brute(latest, now, precision), precision
+
+    # markers: every active driver in the set of its geohash-6 cell, and nowhere else
+    active = {d: p for d, p in latest.items() if p.ts > now - WINDOW_S * 1000}
+    want: dict[str, set[str]] = {}
+    for d, p in active.items():
+        want.setdefault(geohash.encode(p.lat, p.lon, 6), set()).add(d)
+    assert marker_sets(live) == want
+
+    # the stored value carries the position the markers and the driver panel read
+    d = back[0]
+    state = live.driver(d)
+    assert state == DriverState(
+        latest[d].ts,
+        geohash.encode(latest[d].lat, latest[d].lon, 8),
+        round(latest[d].lat, 6),
+        round(latest[d].lon, 6),
+        90.0,
+        30.0,
+    )
+    assert live.driver(quiet[1]) is None  # expired and gone from the hash
+
+
+def test_replaying_a_batch_changes_nothing(live):
+    rng = random.Random(5)
+    pings = [
+        Ping(f"r{i}", 6.4 + rng.random() * 0.3, 3.2 + rng.random() * 0.4, T0 + i % 7)
+        for i in range(5_000)
+    ]
+    live.apply(pings, now_ms=T0 + 10)
+    before = {p: live.cells(p, T0 + 10) for p in PRECISIONS}
+    assert live.apply(list(reversed(pings)), now_ms=T0 + 10) == 0  # nothing changed cell
+    assert {p: live.cells(p, T0 + 10) for p in PRECISIONS} == before
