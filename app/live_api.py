@@ -24,7 +24,7 @@ bp = Blueprint("live", __name__)
 def live_frame(view: View, now_ms: int | None = None) -> dict[str, Any]:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     svc = services()
-    frame = build_frame(svc.live.cells(view.precision, now), view, now, "live")
+    frame = build_frame(svc.live.cells(view.precision, now, view.bbox), view, now, "live")
     return with_live_markers(svc.live, svc.settings, view, frame)
 
 

@@ -5,15 +5,18 @@ Keys (all share the hash tag ``{prefix}`` so a script may touch them in Redis Cl
                         the latest ping per active driver (its cell, and its position
                         for markers)
   {p}:seen       zset   driver scored by that ts          to expire quiet drivers
-  {p}:c:1..8     hash   cell -> distinct drivers there    one hash per precision
+  {p}:c:1..6     hash   cell -> distinct drivers there    one hash per precision 1-6
   {p}:m:<gh6>    set    drivers whose latest ping is in that geohash-6 cell (markers)
   {p}:cutoff     string the newest window start applied   (monotonic)
   {p}:changed    pub/sub channel: a batch changed counts
 
 A driver counts once, in the cell of its most recent ping (by ts, ties broken by the
 larger geohash — the replay SQL orders the same way) whose ts is in (now - W, now].
-Coarser precisions are maintained, not derived, so a frame costs one HGETALL of a hash
-holding only non-zero cells. Moving within a precision-8 cell touches no counter.
+Precisions 1-6 are maintained, not derived, so a frame costs one HGETALL of a hash
+holding only non-zero cells; moving within a geohash-6 cell (1.2 x 0.6 km) touches no
+counter. Precisions 7 and 8 (street zoom) are counted when read, from the drivers'
+stored cells (one HGETALL of ``drv`` in the same atomic call that expires them): their
+counters changed with almost every ping and cost ~45 % of the script's work.
 
 The script reads and writes in bulk (one HMGET / HSET / ZADD per 4,000 drivers, one
 HINCRBY per changed cell with its summed change) and finds the first changed precision
@@ -30,8 +33,13 @@ import redis
 
 from app.ping import Ping, geohash8
 from app.settings import Settings
+from replay.heat import BBox
 
 PRECISIONS = range(1, 9)
+# precisions kept as counters; the finer ones are counted from the drivers' values when
+# read (a 55 m move changes the geohash-7/8 cells of most pings, and their counters were
+# ~45 % of the script's work; a street-zoom view holds few drivers)
+COUNTED = range(1, 7)
 # (driver_id, geohash-8 cell, lat, lon, heading or None)
 MarkerCandidate = tuple[str, str, float, float, float | None]
 
@@ -47,7 +55,10 @@ end
 -- drivers per geohash-6 cell, for markers at street zoom ({p}:m:<gh6>, same hash tag)
 local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
 -- count changes summed per (precision, cell) and applied once each at the end
-local delta = {{}, {}, {}, {}, {}, {}, {}, {}}
+-- counted precisions: KEYS[4 ..] are their hashes (1..6; finer ones are read from drv)
+local counted = #KEYS - 3
+local delta = {}
+for p = 1, counted do delta[p] = {} end
 local madd, mrem = {}, {}
 local function move(p, cell, by)
   local t = delta[p]
@@ -80,7 +91,7 @@ if #gone > 0 then
     if v then
       local c = string.find(v, ':', 1, true)
       local gh = string.sub(v, c + 1, c + 8)
-      for p = 1, 8 do move(p, string.sub(gh, 1, p), -1) end
+      for p = 1, counted do move(p, string.sub(gh, 1, p), -1) end
       mark(mrem, string.sub(gh, 1, 6), d)
       changed = changed + 1
     end
@@ -125,7 +136,7 @@ for j = 1, n do
           if k <= 6 then mark(mrem, string.sub(old_gh, 1, 6), d) end
         end
         if k <= 6 then mark(madd, string.sub(gh, 1, 6), d) end
-        for p = k, 8 do
+        for p = k, counted do
           if old_gh then move(p, string.sub(old_gh, 1, p), -1) end
           move(p, string.sub(gh, 1, p), 1)
         end
@@ -138,7 +149,7 @@ bulk('HSET', KEYS[1], hset, nh)
 bulk('ZADD', KEYS[2], zadd, nz)
 for cell, ds in pairs(mrem) do bulk('SREM', mprefix .. cell, ds, #ds) end
 for cell, ds in pairs(madd) do bulk('SADD', mprefix .. cell, ds, #ds) end
-for p = 1, 8 do
+for p = 1, counted do
   local key = KEYS[3 + p]
   local zero, nzero = {}, 0
   for cell, by in pairs(delta[p]) do
@@ -151,11 +162,58 @@ end
 
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local oldest_ts = oldest[2] or ''
-if want > 0 then
+if want > counted then
+  -- a finer precision: every active driver's value, counted by the caller
+  return {changed, redis.call('HGETALL', KEYS[1]), oldest_ts, updated}
+elseif want > 0 then
   return {changed, redis.call('HGETALL', KEYS[3 + want]), oldest_ts, updated}
 end
 return {changed, {}, oldest_ts, updated}
 """
+
+
+# Street-zoom counts for a box: the stored values of the drivers of the geohash-6 cells
+# covering it (ARGV), read at once from their marker sets.
+_READ_LUA = """
+local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
+local out, n = {}, 0
+for i = 1, #ARGV do
+  local members = redis.call('SMEMBERS', mprefix .. ARGV[i])
+  for j = 1, #members, 4000 do
+    local vals = redis.call('HMGET', KEYS[1], unpack(members, j, math.min(#members, j + 3999)))
+    for k = 1, #vals do
+      if vals[k] then n = n + 1; out[n] = vals[k] end
+    end
+  end
+end
+return out
+"""
+
+# a box needing more geohash-6 cells than this reads every driver instead
+MAX_COVER_CELLS = 2_048
+_CELL6_DEG = (360 / 2**15, 180 / 2**15)  # lon, lat extent of a geohash-6 cell
+
+
+def cells6_covering(bbox: BBox | None) -> list[str] | None:
+    """The geohash-6 cells that intersect ``bbox`` (edges included, as build_frame
+    counts a cell touching the box), or None for no box or one needing more than
+    MAX_COVER_CELLS cells."""
+    if bbox is None:
+        return None
+    eps = 1e-9
+    west, east = max(-180.0, bbox.west - eps), min(180.0 - 1e-12, bbox.east + eps)
+    south, north = max(-90.0, bbox.south - eps), min(90.0 - 1e-12, bbox.north + eps)
+    dlon, dlat = _CELL6_DEG
+    cols = int((east - west) / dlon) + 2
+    rows = int((north - south) / dlat) + 2
+    if cols * rows > MAX_COVER_CELLS:
+        return None
+    cells = {
+        geohash8(min(north, south + i * dlat), min(east, west + j * dlon))[:6]
+        for i in range(rows)
+        for j in range(cols)
+    }
+    return sorted(cells)
 
 
 @dataclass(frozen=True)
@@ -208,7 +266,7 @@ class LiveKeys:
             drv=p + "drv",
             seen=p + "seen",
             cutoff=p + "cutoff",
-            counts=tuple(f"{p}c:{n}" for n in PRECISIONS),
+            counts=tuple(f"{p}c:{n}" for n in COUNTED),
             changed_channel=p + "changed",
         )
 
@@ -216,7 +274,8 @@ class LiveKeys:
         return [self.drv, self.seen, self.cutoff, *self.counts]
 
     def all_keys(self) -> list[str]:
-        return self.script_keys()
+        # c:7 and c:8 were counters before they were derived: gone with a wipe too
+        return [*self.script_keys(), *(self.counts[0][:-1] + str(n) for n in (7, 8))]
 
 
 def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]:
@@ -247,6 +306,7 @@ class LiveCounts:
         self.settings = settings
         self.keys = LiveKeys.for_settings(settings)
         self._script = client.register_script(_LUA)
+        self._read = client.register_script(_READ_LUA)
 
     def _run(
         self, now_ms: int, want: int, args: list[str | int]
@@ -255,7 +315,10 @@ class LiveCounts:
         changed, flat, oldest, updated = self._script(
             keys=self.keys.script_keys(), args=[cutoff, want, *args]
         )
-        cells = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        if want > COUNTED[-1]:
+            cells = _count_cells(flat[1::2], want)
+        else:
+            cells = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
         # when the oldest live driver drops out of the window, counts change by themselves
         expiry = int(float(_text(oldest))) + self.settings.live_window_ms if oldest else None
         return int(changed), cells, expiry, int(updated)
@@ -272,17 +335,30 @@ class LiveCounts:
             self.redis.publish(self.keys.changed_channel, str(now_ms))
         return changed
 
-    def cells(self, precision: int, now_ms: int) -> dict[str, int]:
-        """Counts at ``precision`` for time now_ms (expires drivers first, atomically)."""
-        return self.snapshot(precision, now_ms)[0]
+    def cells(self, precision: int, now_ms: int, bbox: BBox | None = None) -> dict[str, int]:
+        """Counts at ``precision`` for time now_ms (expires drivers first, atomically);
+        ``bbox`` may limit a street-zoom read to the cells near it (a superset)."""
+        return self.snapshot(precision, now_ms, bbox)[0]
 
-    def snapshot(self, precision: int, now_ms: int) -> tuple[dict[str, int], int | None]:
+    def snapshot(
+        self, precision: int, now_ms: int, bbox: BBox | None = None
+    ) -> tuple[dict[str, int], int | None]:
         """Counts at ``precision`` for now_ms, and the time (ms) at which they will next
-        change by themselves (the oldest active driver leaving the window), if any."""
+        change by themselves (the oldest active driver leaving the window), if any.
+
+        Precisions 1-6 are whole counter hashes. Precisions 7-8 are counted from the
+        drivers' values: of every driver, or, given a ``bbox``, of the drivers of the
+        geohash-6 cells covering it (read after the expiry, in a second atomic call: a
+        batch in between only adds drivers newer than the window)."""
         if precision not in PRECISIONS:
             raise ValueError("precision must be 1..8")
-        _, cells, next_expiry, _ = self._run(now_ms, precision, [])
-        return cells, next_expiry
+        cover = cells6_covering(bbox) if precision > COUNTED[-1] else None
+        if cover is None:
+            _, cells, next_expiry, _ = self._run(now_ms, precision, [])
+            return cells, next_expiry
+        _, _, next_expiry, _ = self._run(now_ms, 0, [])
+        values = self._read(keys=[self.keys.drv], args=cover) if cover else []
+        return _count_cells(values, precision), next_expiry
 
     def marker_candidates(self, cells6: Iterable[str]) -> list[MarkerCandidate]:
         """Active drivers in the given geohash-6 cells with their position: two round
@@ -311,6 +387,16 @@ class LiveCounts:
 
     def wipe(self) -> None:
         self.redis.delete(*self.keys.all_keys())
+
+
+def _count_cells(values: list[bytes], precision: int) -> dict[str, int]:
+    """Drivers per cell at ``precision`` from stored values "<ts>:<geohash8>:..."."""
+    counts: dict[bytes, int] = {}
+    for value in values:
+        start = value.index(b":") + 1
+        cell = value[start : start + precision]
+        counts[cell] = counts.get(cell, 0) + 1
+    return {cell.decode(): n for cell, n in counts.items()}
 
 
 def _text(value: bytes | str) -> str:

@@ -18,14 +18,15 @@ import msgspec
 import requests
 import websocket
 
+from app.live_counts import COUNTED
 from bench.load import LAGOS, LoadGenerator, LoadSpec, build_bodies
 from bench.stack import Stack, wait_for
 
 
 def live_key_bytes(stack: Stack) -> int:
     prefix = stack.settings.redis_key_prefix
-    keys = [f"{prefix}{k}" for k in ("drv", "seen", "pos", "cutoff")]
-    keys += [f"{prefix}c:{p}" for p in range(1, 9)]
+    keys = [f"{prefix}{k}" for k in ("drv", "seen", "cutoff")]
+    keys += [f"{prefix}c:{p}" for p in COUNTED]
     total = 0
     for key in keys:
         used = stack.redis.memory_usage(key, samples=0)

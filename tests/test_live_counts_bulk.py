@@ -10,9 +10,13 @@ import random
 import geohash
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from app.live_counts import PRECISIONS, DriverState, LiveCounts
+from app.live_counts import PRECISIONS, DriverState, LiveCounts, cells6_covering
 from app.ping import Ping
+from replay.heat import BBox, View, build_frame, cell_bounds
 
 WINDOW_S = 10.0
 T0 = 1_790_000_000_000
@@ -109,3 +113,54 @@ def test_replaying_a_batch_changes_nothing(live):
     before = {p: live.cells(p, T0 + 10) for p in PRECISIONS}
     assert live.apply(list(reversed(pings)), now_ms=T0 + 10) == 0  # nothing changed cell
     assert {p: live.cells(p, T0 + 10) for p in PRECISIONS} == before
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    st.floats(-179.0, 178.0),
+    st.floats(-89.0, 88.0),
+    st.floats(0.0, 0.3),
+    st.floats(0.0, 0.3),
+    st.booleans(),
+)
+def test_the_geohash6_cover_holds_every_cell_touching_the_box(w, s, dw, dh, on_edge):
+    if on_edge:  # the box starts exactly on a geohash-6 cell's east edge
+        _w, cs, ce, _n = cell_bounds(geohash.encode(s, w, 6))
+        w, s = ce, cs
+    box = BBox(w, s, min(180.0, w + dw), min(90.0, s + dh))
+    cover = cells6_covering(box)
+    if cover is None:
+        return  # too big: the caller reads every driver
+    # brute force: every cell whose centre lies within one cell of the box, tested
+    dlon, dlat = 360 / 2**15, 180 / 2**15
+    lat = box.south - dlat
+    want = set()
+    while lat <= box.north + dlat:
+        lon = box.west - dlon
+        while lon <= box.east + dlon:
+            at = (max(-89.9999, min(89.9999, lat)), max(-179.9999, min(179.9999, lon)))
+            cell = geohash.encode(*at, 6)
+            if box.intersects(*cell_bounds(cell)):
+                want.add(cell)
+            lon += dlon / 2
+        lat += dlat / 2
+    assert want <= set(cover)
+
+
+def test_street_counts_for_a_box_equal_the_whole_read_filtered_by_the_box(live):
+    rng = random.Random(21)
+    pings = [
+        Ping(f"s{i}", 6.50 + rng.random() * 0.04, 3.36 + rng.random() * 0.04, T0)
+        for i in range(3_000)
+    ]
+    live.apply(pings, now_ms=T0)
+    for _ in range(30):
+        w, s = 3.36 + rng.random() * 0.03, 6.50 + rng.random() * 0.03
+        box = BBox(w, s, w + rng.random() * 0.02, s + rng.random() * 0.02)
+        for precision in (7, 8):
+            view = View(precision, box)
+            whole = build_frame(live.cells(precision, T0), view, T0, "live")
+            near = build_frame(live.cells(precision, T0, box), view, T0, "live")
+            assert near == whole
+            cells = [geohash.encode(p.lat, p.lon, precision) for p in pings]
+            assert whole["total"] == sum(box.intersects(*cell_bounds(c)) for c in cells)
