@@ -189,8 +189,8 @@ end
 return out
 """
 
-# a box needing more geohash-6 cells than this reads every driver instead
-MAX_COVER_CELLS = 2_048
+# boxes needing more geohash-6 cells than this read every driver instead
+MAX_COVER_CELLS = 4_096
 _CELL6_DEG = (360 / 2**15, 180 / 2**15)  # lon, lat extent of a geohash-6 cell
 
 
@@ -214,6 +214,20 @@ def cells6_covering(bbox: BBox | None) -> list[str] | None:
         for j in range(cols)
     }
     return sorted(cells)
+
+
+def cells6_covering_all(boxes: Iterable[BBox | None]) -> list[str] | None:
+    """The union of the boxes' covers; None as soon as one box is unbounded or the
+    union grows past MAX_COVER_CELLS."""
+    union: set[str] = set()
+    for box in boxes:
+        cover = cells6_covering(box)
+        if cover is None:
+            return None
+        union.update(cover)
+        if len(union) > MAX_COVER_CELLS:
+            return None
+    return sorted(union)
 
 
 @dataclass(frozen=True)
@@ -338,21 +352,23 @@ class LiveCounts:
     def cells(self, precision: int, now_ms: int, bbox: BBox | None = None) -> dict[str, int]:
         """Counts at ``precision`` for time now_ms (expires drivers first, atomically);
         ``bbox`` may limit a street-zoom read to the cells near it (a superset)."""
-        return self.snapshot(precision, now_ms, bbox)[0]
+        return self.snapshot(precision, now_ms, None if bbox is None else [bbox])[0]
 
     def snapshot(
-        self, precision: int, now_ms: int, bbox: BBox | None = None
+        self, precision: int, now_ms: int, near: Iterable[BBox | None] | None = None
     ) -> tuple[dict[str, int], int | None]:
         """Counts at ``precision`` for now_ms, and the time (ms) at which they will next
         change by themselves (the oldest active driver leaving the window), if any.
 
         Precisions 1-6 are whole counter hashes. Precisions 7-8 are counted from the
-        drivers' values: of every driver, or, given a ``bbox``, of the drivers of the
-        geohash-6 cells covering it (read after the expiry, in a second atomic call: a
-        batch in between only adds drivers newer than the window)."""
+        drivers' values: of every driver, or, given the boxes the counts are ``near``,
+        of the drivers of the geohash-6 cells covering them (read after the expiry, in a
+        second atomic call: a batch in between only adds drivers newer than the window).
+        Either way every cell intersecting those boxes is exact."""
         if precision not in PRECISIONS:
             raise ValueError("precision must be 1..8")
-        cover = cells6_covering(bbox) if precision > COUNTED[-1] else None
+        fine = precision > COUNTED[-1] and near is not None
+        cover = cells6_covering_all(near) if fine and near is not None else None
         if cover is None:
             _, cells, next_expiry, _ = self._run(now_ms, precision, [])
             return cells, next_expiry

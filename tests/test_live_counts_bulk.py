@@ -14,7 +14,13 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from app.live_counts import PRECISIONS, DriverState, LiveCounts, cells6_covering
+from app.live_counts import (
+    PRECISIONS,
+    DriverState,
+    LiveCounts,
+    cells6_covering,
+    cells6_covering_all,
+)
 from app.ping import Ping
 from replay.heat import BBox, View, build_frame, cell_bounds
 
@@ -164,3 +170,24 @@ def test_street_counts_for_a_box_equal_the_whole_read_filtered_by_the_box(live):
             assert near == whole
             cells = [geohash.encode(p.lat, p.lon, precision) for p in pings]
             assert whole["total"] == sum(box.intersects(*cell_bounds(c)) for c in cells)
+
+
+def test_one_read_near_several_boxes_is_exact_in_each(live):
+    rng = random.Random(8)
+    pings = [
+        Ping(f"m{i}", 6.40 + rng.random() * 0.2, 3.30 + rng.random() * 0.2, T0)
+        for i in range(4_000)
+    ]
+    live.apply(pings, now_ms=T0)
+    boxes = [BBox(3.31, 6.41, 3.33, 6.42), BBox(3.45, 6.55, 3.47, 6.58), BBox(3.4, 6.5, 3.4, 6.5)]
+    assert cells6_covering_all([*boxes, None]) is None  # one unbounded view: read all
+    assert cells6_covering_all([BBox(-180, -90, 180, 90)]) is None  # too many cells
+    union = cells6_covering_all(boxes)
+    assert union is not None and set(union) == {c for b in boxes for c in cells6_covering(b) or []}
+    for precision in (7, 8):
+        near, _ = live.snapshot(precision, T0, boxes)
+        whole, _ = live.snapshot(precision, T0)
+        assert set(near) < set(whole)  # only the drivers around the boxes were read
+        for box in boxes:
+            view = View(precision, box)
+            assert build_frame(near, view, T0, "live") == build_frame(whole, view, T0, "live")
