@@ -265,15 +265,15 @@ class LiveHub:
                     indexes[precision] = CellIndex(snapshots[precision], precision)
                 built[key] = _plain(indexes[precision], view, now)
             else:
-                built[key] = _Built(*parts[precision].view(prefixes))
-        self._add_markers(views, built)
+                built[key] = parts[precision].view(prefixes)
+        markers = self._markers(views, built)
         for key, view in views.items():
-            b = built[key]
-            content = ("[" + b.cells_json + "]", None if b.markers is None else f"[{b.markers}]")
+            (cells_json, total, peak, _), m = built[key], markers.get(key)
+            content = ("[" + cells_json + "]", None if m is None else f"[{m}]")
             if self._last_cells.get(key) == content:
                 continue
             payload = encode_frame(
-                "live", now, view.precision, b.cells_json, b.total, b.peak, view.bbox, b.markers
+                "live", now, view.precision, cells_json, total, peak, view.bbox, m
             )
             with self._lock:
                 members = self._views.get(key)
@@ -296,33 +296,32 @@ class LiveHub:
         )
         return len(built)
 
-    def _add_markers(
+    def _markers(
         self, views: Mapping[tuple[Any, ...], View], built: Mapping[tuple[Any, ...], _Built]
-    ) -> None:
-        """Markers for every view that wants them from one read of the union of their
-        geohash-6 cells (views overlap, and a per-view read cost views x cells)."""
+    ) -> dict[tuple[Any, ...], str]:
+        """The markers (JSON without brackets) of every view that wants them, from one
+        read of the union of their geohash-6 cells (views overlap, and a per-view read
+        cost views x cells)."""
         wanting = [
             key
             for key, view in views.items()
             if view.precision >= self.settings.markers_min_precision
-            and 0 < built[key].total <= self.settings.markers_max
+            and 0 < built[key][1] <= self.settings.markers_max
         ]
         if not wanting:
-            return
+            return {}
         shown: set[str] = set()
         for key in wanting:
-            for group in built[key].cells:
-                shown.update(group)
+            shown.update(chain.from_iterable(built[key][3]))
         # a frame's candidates are read by the geohash-6 cells of its cells (as
         # with_live_markers does; below precision 6 that finds none)
         candidates = MarkerParts(self.live.marker_candidates({cell[:6] for cell in shown}))
-        for key in wanting:
-            b, precision = built[key], views[key].precision
-            b.markers = (
-                candidates.json_for(chain.from_iterable(b.cells), precision)
-                if precision >= 6
-                else ""
-            )
+        return {
+            key: candidates.json_for(chain.from_iterable(built[key][3]), views[key].precision)
+            if views[key].precision >= 6
+            else ""
+            for key in wanting
+        }
 
     def _frame(self, cells: Mapping[str, int], view: View, now: int) -> dict[str, Any]:
         return with_live_markers(
@@ -364,22 +363,19 @@ def _content(frame: dict[str, Any]) -> tuple[str, str | None]:
     return _dumps(frame["cells"]), None if markers is None else _dumps(markers)
 
 
-@dataclass(eq=False)
-class _Built:
-    """A view's frame this round, still in parts (replay.heat.encode_frame joins them)."""
-
-    cells_json: str  # the cells as JSON, without the brackets
-    total: int
-    peak: int
-    cells: list[tuple[str, ...]]  # the frame's cells, in groups (when markers may be wanted)
-    markers: str | None = None  # the markers as JSON without brackets, when the frame has any
+# A view's frame this round, still in parts (replay.heat.encode_frame joins them): the
+# cells as JSON without brackets, total, max, and the cells in groups (for markers). A
+# plain tuple of strings and numbers, which the garbage collector stops tracking (a
+# NamedTuple it never does): a round's 1,000 of them then do not bring on the full
+# collections that pause a process holding 1,000 sockets.
+_Built = tuple[str, int, int, tuple[tuple[str, ...], ...]]
 
 
 def _plain(index: CellIndex, view: View, now: int) -> _Built:
     """A view whose box is too big for a cover (COVER_LIMIT): build_frame."""
     frame = build_frame(index.within(view.bbox), view, now, "live")
     cells = frame["cells"]
-    return _Built(_dumps(cells)[1:-1], frame["total"], frame["max"], [tuple(c for c, _ in cells)])
+    return _dumps(cells)[1:-1], frame["total"], frame["max"], (tuple(c for c, _ in cells),)
 
 
 def _now_ms() -> int:

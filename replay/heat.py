@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any
 
 import geohash
@@ -331,45 +332,48 @@ class FrameParts:
 
     def __init__(self, counts: Mapping[str, int], precision: int, keep_cells: bool = False):
         self.precision = precision
-        cells = sorted(cell for cell, value in counts.items() if value > 0)
-        if any(len(cell) != precision for cell in cells):
+        items = sorted((cell, value) for cell, value in counts.items() if value > 0)
+        if any(len(cell) != precision for cell, _ in items):
             raise ValueError(f"cells of precision {precision} expected")
-        level: list[tuple[str, Part]] = []
-        for cell in cells:
-            v = counts[cell]
-            level.append((cell, (_json.encode([cell, v]).decode(), v, v, (cell,) * keep_cells)))
-        parts: dict[str, Part] = dict(level)
+        # level by level, finest first: each prefix's part joins its children's
+        keys = [cell for cell, _ in items]
+        vals: list[Part] = [
+            (_json.encode([cell, v]).decode(), v, v, (cell,) * keep_cells) for cell, v in items
+        ]
+        parts: dict[str, Part] = dict(zip(keys, vals, strict=True))
         for k in range(precision - 1, -1, -1):
-            coarser: list[tuple[str, Part]] = []
-            for prefix, group in groupby(level, key=lambda item: item[0][:k]):
-                children = [part for _, part in group]
-                if len(children) == 1:
-                    coarser.append((prefix, children[0]))
-                    continue
-                texts, totals, peaks, kept = zip(*children, strict=True)
-                coarser.append(
-                    (
-                        prefix,
-                        (
-                            ",".join(texts),
-                            sum(totals),
-                            max(peaks),
-                            tuple(chain.from_iterable(kept)) if keep_cells else (),
-                        ),
+            coarse_keys: list[str] = []
+            coarse_vals: list[Part] = []
+            start = 0
+            for prefix, group in groupby(keys, key=itemgetter(slice(0, k))):
+                end = start + sum(1 for _ in group)
+                if end - start == 1:
+                    part = vals[start]
+                else:
+                    texts, totals, peaks, kept = zip(*vals[start:end], strict=True)
+                    part = (
+                        ",".join(texts),
+                        sum(totals),
+                        max(peaks),
+                        tuple(chain.from_iterable(kept)) if keep_cells else (),
                     )
-                )
-            parts.update(coarser)
-            level = coarser
+                coarse_keys.append(prefix)
+                coarse_vals.append(part)
+                start = end
+            parts.update(zip(coarse_keys, coarse_vals, strict=True))
+            keys, vals = coarse_keys, coarse_vals
         self._parts = parts
 
-    def view(self, prefixes: Iterable[str]) -> tuple[str, int, int, list[tuple[str, ...]]]:
+    def view(self, prefixes: Iterable[str]) -> tuple[str, int, int, tuple[tuple[str, ...], ...]]:
         """(cells JSON without brackets, total, max, the cells in groups) of the view
-        whose ``cover`` is ``prefixes``."""
+        whose ``cover`` is ``prefixes``. (Tuples throughout: the garbage collector
+        stops tracking them, so a round's many results do not trigger full
+        collections of a web process holding 1,000 sockets.)"""
         hits = list(filter(None, map(self._parts.get, prefixes)))
         if not hits:
-            return "", 0, 0, []
+            return "", 0, 0, ()
         texts, totals, peaks, kept = zip(*hits, strict=True)
-        return ",".join(texts), sum(totals), max(peaks), list(kept)
+        return ",".join(texts), sum(totals), max(peaks), kept
 
 
 class MarkerParts:
@@ -377,19 +381,21 @@ class MarkerParts:
     ``attach_markers`` sorts them, grouped per cell at each precision asked for."""
 
     def __init__(self, candidates: Iterable[tuple[str, str, float, float, float | None]]):
-        ranked = sorted(
-            ([driver, lat, lon, heading], cell8) for driver, cell8, lat, lon, heading in candidates
-        )
-        self._texts = [_json.encode(marker).decode() for marker, _ in ranked]
-        self._cells8 = [cell8 for _, cell8 in ranked]
-        self._by_cell: dict[int, dict[str, list[int]]] = {}
+        ranked = sorted(candidates, key=itemgetter(0))
+        if len({c[0] for c in ranked}) < len(ranked):  # a driver twice: sort as they do
+            ranked.sort(key=lambda c: [c[0], c[2], c[3], c[4]])
+        encode = _json.encode
+        self._texts = [encode([d, lat, lon, h]).decode() for d, _, lat, lon, h in ranked]
+        self._cells8 = [c[1] for c in ranked]
+        self._by_cell: dict[int, dict[str, tuple[int, ...]]] = {}
 
-    def _ranks(self, precision: int) -> dict[str, list[int]]:
+    def _ranks(self, precision: int) -> dict[str, tuple[int, ...]]:
+        """Cell at ``precision`` -> the ranks of its candidates (tuples, see view)."""
         by_cell = self._by_cell.get(precision)
         if by_cell is None:
-            by_cell = {}
-            for rank, cell8 in enumerate(self._cells8):
-                by_cell.setdefault(cell8[:precision], []).append(rank)
+            keys = [cell8[:precision] for cell8 in self._cells8]
+            order = sorted(range(len(keys)), key=keys.__getitem__)  # stable: ranks ascend
+            by_cell = {cell: tuple(ranks) for cell, ranks in groupby(order, keys.__getitem__)}
             self._by_cell[precision] = by_cell
         return by_cell
 

@@ -73,7 +73,12 @@ def fleets(draw: st.DrawFn) -> tuple[int, dict[str, int], list, tuple[float, flo
             (f"d{draw(st.integers(0, 10**6))}-{i}", cell8, round(la, 6), round(lo, 6), heading)
         )
         counts[cell8[:precision]] = counts.get(cell8[:precision], 0) + 1
-    # zero and negative counts are not shown; a stray candidate outside every cell
+    if len(candidates) > 2 and draw(st.booleans()):
+        # one driver twice (LiveCounts never returns that; attach_markers still sorts it)
+        i, j = draw(st.lists(st.integers(0, len(candidates) - 1), min_size=2, max_size=2))
+        candidates[j] = (candidates[i][0], *candidates[j][1:4], 1.0 + j)
+        candidates[i] = (*candidates[i][:4], 1.0 + i)
+    # zero and negative counts are not shown
     for cell in draw(st.lists(st.sampled_from(sorted(counts) or ["s"]), max_size=3)):
         if len(cell) == precision:
             counts[cell] = draw(st.integers(-1, 0))
@@ -174,3 +179,17 @@ def test_cover_gives_up_beyond_its_limit_and_the_world_is_one_prefix():
 def test_frame_parts_refuse_cells_of_another_precision():
     with pytest.raises(ValueError):
         FrameParts({"s14": 1, "s1": 2}, 3)
+
+
+def test_markers_keep_attach_markers_order_even_for_a_driver_listed_twice():
+    cell8 = geohash.encode(6.5095, 3.3711, 8)
+    candidates = [
+        ("b", cell8, 6.5095, 3.3711, None),
+        ("a", cell8, 6.6, 3.4, 10.0),
+        ("a", cell8, 6.5, 3.4, 20.0),
+        ("c", geohash.encode(6.6018, 3.3515, 8), 6.6018, 3.3515, 1.5),
+    ]
+    frame = {"precision": 7, "cells": [[cell8[:7], 3]]}
+    expected = msgspec.json.encode(attach_markers(frame, candidates)["markers"]).decode()
+    assert f"[{MarkerParts(candidates).json_for([cell8[:7]], 7)}]" == expected
+    assert expected.startswith('[["a",6.5,3.4,20.0],["a",6.6,3.4,10.0],["b"')
