@@ -134,6 +134,7 @@ def sink() -> None:
 def web(workers: int | None, threads: int | None) -> None:
     """Serve the API, sockets and UI with gunicorn (gthread)."""
     settings = _settings()
+    threads = threads or settings.web_threads
     argv = [
         sys.executable,
         "-m",
@@ -144,7 +145,12 @@ def web(workers: int | None, threads: int | None) -> None:
         "--workers",
         str(workers or settings.web_workers),
         "--threads",
-        str(threads or settings.web_threads),
+        str(threads),
+        # every open socket holds a thread and a connection: with gunicorn's default
+        # (1,000) a worker serving ~1,000 sockets stopped accepting anything else
+        # (ingest, the API, new sockets)
+        "--worker-connections",
+        str(max(1000, threads + 100)),
         "--bind",
         f"{settings.web_host}:{settings.web_port}",
         "--graceful-timeout",
