@@ -243,20 +243,22 @@ class LiveHub:
             self._next_expiry_ms = None
         now = _now_ms()
         settings = self.settings
+        # every precision's counts first, at one instant (the frames' t)
         snapshots: dict[int, dict[str, int]] = {}
-        parts: dict[int, FrameParts] = {}
+        for precision in sorted({view.precision for view in views.values()}):
+            snapshots[precision], next_expiry = self.live.snapshot(precision, now)
+            with self._lock:
+                self._note_expiry(next_expiry)
+        parts = {
+            precision: FrameParts(
+                cells, precision, keep_cells=precision >= settings.markers_min_precision
+            )
+            for precision, cells in snapshots.items()
+        }
         indexes: dict[int, CellIndex] = {}  # for views too big for a cover
         built: dict[tuple[Any, ...], _Built] = {}
         for key, view in views.items():
             precision = view.precision
-            if precision not in snapshots:
-                cells, next_expiry = self.live.snapshot(precision, now)
-                snapshots[precision] = cells
-                parts[precision] = FrameParts(
-                    cells, precision, keep_cells=precision >= settings.markers_min_precision
-                )
-                with self._lock:
-                    self._note_expiry(next_expiry)
             prefixes = covers[key]
             if prefixes is MISSING:
                 prefixes = covers[key] = cover(view.bbox, precision, COVER_LIMIT)
@@ -266,24 +268,11 @@ class LiveHub:
                 built[key] = _plain(indexes[precision], view, now)
             else:
                 built[key] = parts[precision].view(prefixes)
-        markers = self._markers(views, built)
-        for key, view in views.items():
-            (cells_json, total, peak, _), m = built[key], markers.get(key)
-            content = ("[" + cells_json + "]", None if m is None else f"[{m}]")
-            if self._last_cells.get(key) == content:
-                continue
-            payload = encode_frame(
-                "live", now, view.precision, cells_json, total, peak, view.bbox, m
-            )
-            with self._lock:
-                members = self._views.get(key)
-                if not members:
-                    continue  # every socket left or moved on while we read
-                self._last_cells[key] = content
-                self._last_payload[key] = payload
-                self._covers.setdefault(key, covers[key])
-                for sub in members:
-                    sub.mailbox.put_frame(payload)
+            if not self._wants_markers(view, built[key]):
+                self._deliver(key, view, built[key], None, now, covers[key])
+        # the frames with markers, once their drivers are read (the others are out)
+        for key, m in self._markers(views, built).items():
+            self._deliver(key, views[key], built[key], m, now, covers[key])
         self.builds += len(built)
         metrics.incr(
             self.redis,
@@ -296,18 +285,48 @@ class LiveHub:
         )
         return len(built)
 
+    def _deliver(
+        self,
+        key: tuple[Any, ...],
+        view: View,
+        built: _Built,
+        markers: str | None,
+        now: int,
+        prefixes: tuple[str, ...] | None,
+    ) -> None:
+        """Encode the view's frame and hand it to its sockets, unless what they see
+        (cells, markers) is what they last got."""
+        cells_json, total, peak, _ = built
+        content = ("[" + cells_json + "]", None if markers is None else f"[{markers}]")
+        if self._last_cells.get(key) == content:
+            return
+        payload = encode_frame(
+            "live", now, view.precision, cells_json, total, peak, view.bbox, markers
+        )
+        with self._lock:
+            members = self._views.get(key)
+            if not members:
+                return  # every socket left or moved on while we read
+            self._last_cells[key] = content
+            self._last_payload[key] = payload
+            self._covers.setdefault(key, prefixes)
+            for sub in members:
+                sub.mailbox.put_frame(payload)
+
+    def _wants_markers(self, view: View, built: _Built) -> bool:
+        """replay.heat.markers_wanted, on a frame still in parts."""
+        settings = self.settings
+        return view.precision >= settings.markers_min_precision and (
+            0 < built[1] <= settings.markers_max
+        )
+
     def _markers(
         self, views: Mapping[tuple[Any, ...], View], built: Mapping[tuple[Any, ...], _Built]
     ) -> dict[tuple[Any, ...], str]:
         """The markers (JSON without brackets) of every view that wants them, from one
         read of the union of their geohash-6 cells (views overlap, and a per-view read
         cost views x cells)."""
-        wanting = [
-            key
-            for key, view in views.items()
-            if view.precision >= self.settings.markers_min_precision
-            and 0 < built[key][1] <= self.settings.markers_max
-        ]
+        wanting = [key for key, view in views.items() if self._wants_markers(view, built[key])]
         if not wanting:
             return {}
         shown: set[str] = set()
