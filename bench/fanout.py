@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import re
 import threading
@@ -24,7 +25,7 @@ import websocket
 
 from bench.live_latency import percentile
 from bench.load import LAGOS, LoadGenerator, LoadSpec
-from bench.stack import Stack, rss_kib
+from bench.stack import Stack, cpu_seconds, machine_busy_seconds, rss_kib
 
 _T = re.compile(rb'"t":"([^"]+)"')
 
@@ -109,11 +110,16 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
     peak = 0
     counting.set()
     t0 = time.monotonic()
+    cpu0 = (cpu_seconds(worker), time.process_time(), machine_busy_seconds())
     while time.monotonic() - t0 < measure_s:
         peak = max(peak, rss_kib(worker))
         time.sleep(0.2)
     counting.clear()
     elapsed = time.monotonic() - t0
+    cpu1 = (cpu_seconds(worker), time.process_time(), machine_busy_seconds())
+    web_cpu, client_cpu, machine_cpu = (
+        (b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=True)
+    )
     stop.set()
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda v: v.close(), viewers))
@@ -133,6 +139,12 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
         "frame_delay_ms_p50": round(percentile(delays, 50), 1),
         "frame_delay_ms_p99": round(percentile(delays, 99), 1),
         "web_worker_rss_mib_peak": round(peak / 1024, 1),
+        # while counting, % of one core: the server's worker, this process (the client
+        # threads: if they were busy, the delays would be partly theirs), the machine
+        "cpu_percent_web_worker": round(web_cpu),
+        "cpu_percent_clients": round(client_cpu),
+        "cpu_percent_machine": round(machine_cpu),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
