@@ -294,22 +294,29 @@ class LiveKeys:
 
 def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]:
     """Keep each driver's most recent ping of a batch (ts, then geohash as tie-break):
-    the script would discard the others anyway, so they never cross the wire."""
-    best: dict[str, tuple[int, str, Ping]] = {}
+    the script would discard the others anyway, so they never cross the wire. The
+    geohash is computed for the winners only (and for ties on ts)."""
+    best: dict[str, Ping] = {}
+    get = best.get
     for ping in pings:
-        current = best.get(ping.driver_id)
-        if current is not None and ping.ts < current[0]:
-            continue
-        gh = geohash8(ping.lat, ping.lon)
-        if current is None or ping.ts > current[0] or gh > current[1]:
-            best[ping.driver_id] = (ping.ts, gh, ping)
-    return best
+        current = get(ping.driver_id)
+        if (
+            current is None
+            or ping.ts > current.ts
+            or (
+                ping.ts == current.ts
+                and geohash8(ping.lat, ping.lon) > geohash8(current.lat, current.lon)
+            )
+        ):
+            best[ping.driver_id] = ping
+    return {d: (p.ts, geohash8(p.lat, p.lon), p) for d, p in best.items()}
 
 
-def _position(ping: Ping) -> str:
+def stored_value(ts: int, cell8: str, ping: Ping) -> str:
+    """The ``{p}:drv`` value for a ping (DriverState.parse reads it back)."""
     heading = "" if ping.heading is None else f"{ping.heading:g}"
     speed = "" if ping.speed_kmh is None else f"{ping.speed_kmh:g}"
-    return f"{ping.lat:.6f},{ping.lon:.6f},{heading},{speed}"
+    return f"{ts}:{cell8}:{ping.lat:.6f},{ping.lon:.6f},{heading},{speed}"
 
 
 class LiveCounts:
@@ -342,7 +349,7 @@ class LiveCounts:
         (including those expired). Pings older than the window are ignored."""
         args: list[str | int] = []
         for driver, (ts, gh, ping) in latest_per_driver(pings).items():
-            args += [driver, ts, f"{ts}:{gh}:{_position(ping)}"]
+            args += [driver, ts, stored_value(ts, gh, ping)]
         changed, _, _, updated = self._run(now_ms, 0, args)
         if changed or updated:
             # a driver moving inside its cell changes no count but does move its marker
