@@ -20,6 +20,7 @@ from app.live_counts import (
     LiveCounts,
     cells6_covering,
     cells6_covering_all,
+    latest_per_driver,
 )
 from app.ping import Ping
 from replay.heat import BBox, View, build_frame, cell_bounds
@@ -191,3 +192,14 @@ def test_one_read_near_several_boxes_is_exact_in_each(live):
         for box in boxes:
             view = View(precision, box)
             assert build_frame(near, view, T0, "live") == build_frame(whole, view, T0, "live")
+
+
+def test_a_batch_keeps_each_drivers_newest_ping_ties_to_the_larger_geohash():
+    a = Ping("t", 6.50, 3.30, T0 + 5)
+    b = Ping("t", 6.60, 3.40, T0 + 5)  # same ts, another cell
+    older = Ping("t", 6.70, 3.50, T0)
+    high, low = sorted((a, b), key=lambda p: geohash.encode(p.lat, p.lon, 8), reverse=True)
+    for order in ([a, b, older], [b, a, older], [older, b, a], [older, a, b]):
+        ((ts, cell, ping),) = latest_per_driver(order).values()
+        assert (ts, ping) == (T0 + 5, high) and cell == geohash.encode(high.lat, high.lon, 8)
+    assert latest_per_driver([low, older])["t"][2] is low
