@@ -25,7 +25,7 @@ import websocket
 
 from bench.live_latency import percentile
 from bench.load import LAGOS, LoadGenerator, LoadSpec
-from bench.stack import Stack, cpu_seconds, machine_busy_seconds, rss_kib
+from bench.stack import Stack, cpu_seconds, machine_busy_seconds, rss_kib, wait_for
 
 _T = re.compile(rb'"t":"([^"]+)"')
 
@@ -79,6 +79,13 @@ class Viewer(threading.Thread):
                 self.ws.close(timeout=0)
 
 
+def _open_sockets(stack: Stack) -> int:
+    """Sockets the server still counts (app.limits.SocketSlots' per-token sets)."""
+    pattern = stack.settings.redis_key_prefix.replace("{", "\\{").replace("}", "\\}")
+    keys = stack.redis.scan_iter(match=pattern + "sockets:*", count=1000)
+    return sum(int(stack.redis.zcard(key)) for key in keys)
+
+
 def _views(n: int, scattered: bool, seed: int) -> list[str]:
     west, south, east, north = LAGOS
     if not scattered:
@@ -117,6 +124,7 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
     counting.clear()
     elapsed = time.monotonic() - t0
     cpu1 = (cpu_seconds(worker), time.process_time(), machine_busy_seconds())
+    load = [round(x, 2) for x in os.getloadavg()]
     web_cpu, client_cpu, machine_cpu = (
         (b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=True)
     )
@@ -125,6 +133,12 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
         list(pool.map(lambda v: v.close(), viewers))
     for v in viewers:
         v.join(3)
+    # the next case starts once the server has let go of these sockets, so tearing them
+    # down does not overlap the next case's measurement
+    closed = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: _open_sockets(stack) == 0, 20, "the sockets to close")
+    teardown_s = time.monotonic() - closed
     delays = [d for v in viewers for d in v.delays]
     fps = [len(v.delays) / elapsed for v in viewers]
     return {
@@ -144,7 +158,8 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
         "cpu_percent_web_worker": round(web_cpu),
         "cpu_percent_clients": round(client_cpu),
         "cpu_percent_machine": round(machine_cpu),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load,
+        "server_teardown_s": round(teardown_s, 2),
     }
 
 
