@@ -149,7 +149,7 @@ class LiveHub:
             # here, on the socket's thread, not in the hub's round (~1 ms a view)
             prefixes = cover(sub.view.bbox, sub.view.precision, COVER_LIMIT)
             now = _now_ms()
-            cells, next_expiry = self.live.snapshot(sub.view.precision, now)
+            cells, next_expiry = self.live.snapshot(sub.view.precision, now, [sub.view.bbox])
             frame = self._frame(cells, sub.view, now)
             payload = _dumps(frame)
             with self._lock:
@@ -246,7 +246,9 @@ class LiveHub:
         # every precision's counts first, at one instant (the frames' t)
         snapshots: dict[int, dict[str, int]] = {}
         for precision in sorted({view.precision for view in views.values()}):
-            snapshots[precision], next_expiry = self.live.snapshot(precision, now)
+            # street zoom (7-8) reads only the drivers around the views' boxes
+            near = [view.bbox for view in views.values() if view.precision == precision]
+            snapshots[precision], next_expiry = self.live.snapshot(precision, now, near)
             with self._lock:
                 self._note_expiry(next_expiry)
         parts = {
