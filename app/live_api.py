@@ -57,8 +57,10 @@ def _serve_live(session: WsSession) -> None:
     sender = threading.Thread(target=_pump, args=(ws, sub.mailbox), daemon=True)
     sender.start()
     try:
-        while True:
-            raw = ws.receive()
+        while not session.close_if_expired():
+            raw = ws.receive(timeout=session.seconds_left())
+            if raw is None:
+                continue  # the token's expiry came first
             if not session.allow_message():
                 sub.mailbox.put_reply(_dumps(_error("rate_limited", "too many control messages")))
                 continue

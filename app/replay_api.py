@@ -171,7 +171,7 @@ def _serve_replay(session: WsSession) -> None:
         min_interval_s=1.0 / settings.replay_max_fps,
     )
     try:
-        while True:
+        while not session.close_if_expired():
             now = clock.now()
             t = pb.due(now)
             if t is not None:
@@ -180,7 +180,9 @@ def _serve_replay(session: WsSession) -> None:
                 if pb.shown(t, now):
                     send_json(ws, {"type": "end"})
                 continue
-            raw = ws.receive(timeout=clock.max_wait(pb.wait(clock.now())))
+            wait = clock.max_wait(pb.wait(clock.now()))
+            left = session.seconds_left()
+            raw = ws.receive(timeout=left if wait is None else min(wait, left))
             if raw is None:
                 continue
             if not session.allow_message():

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -113,6 +114,20 @@ class WsSession:
         self.claims = claims
         self.settings = settings
         self._bucket = TokenBucket(settings.ws_max_messages_per_s)
+        # the token stops being valid for a new request here (exp + JWT_LEEWAY_S); an
+        # open socket is closed then too, not kept alive by an expired token
+        self.expires_at = float(claims["exp"]) + settings.jwt_leeway_s
+
+    def seconds_left(self) -> float:
+        return self.expires_at - time.time()
+
+    def close_if_expired(self) -> bool:
+        """Close with 4401 and a "token expired" error once the token has expired;
+        True if it did (the handler then returns)."""
+        if self.seconds_left() > 0:
+            return False
+        refuse(self.ws, CLOSE_UNAUTHORIZED, "unauthorized", "token expired")
+        return True
 
     def allow_message(self) -> bool:
         """Token bucket: at most WS_MAX_MESSAGES_PER_S control messages per second

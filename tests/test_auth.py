@@ -350,3 +350,27 @@ def test_expired_token_socket_and_http_error_bodies_say_why(client, server, sett
         4403,
     )
     close_quietly(ws)
+
+
+@pytest.mark.parametrize("path", ["/ws/live", "/ws/replay"])
+def test_an_open_socket_is_closed_4401_when_its_token_expires(settings, path):
+    s = settings.with_(jwt_leeway_s=0)
+    application = create_app(s)
+    try:
+        with serving(application) as address:
+            token = mint_token(s, "viewer", ttl_s=2)
+            expires = check_token(s, token, "viewer")["exp"]
+            ws = connect(address, path, token)
+            first = receive(ws)
+            assert first["type"] in ("frame", "end"), first  # admitted while valid
+            messages = [receive(ws)]
+            while messages[-1]["type"] != "close":
+                messages.append(receive(ws))
+            closed_at = time.time()
+            close_quietly(ws)
+    finally:
+        application.extensions["heatreplay"].close()
+    error, close = messages[-2], messages[-1]
+    assert error == {"type": "error", "error": "unauthorized", "message": "token expired"}
+    assert (close["code"], close["reason"]) == (4401, "token expired")
+    assert closed_at >= expires  # not before the token ran out
