@@ -27,6 +27,7 @@ from app import metrics
 from app.live_counts import LiveCounts
 from app.settings import Settings
 from replay.heat import (
+    BBox,
     CellIndex,
     FrameParts,
     MarkerParts,
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_REPLIES = 16
 COVER_LIMIT = 4096  # prefixes; a bigger view (huge box, fine cells) is built plainly
+NEAR_BOXES_MAX = 32  # street-zoom views whose boxes a snapshot reads around one by one
 MISSING: Any = object()
 
 
@@ -247,7 +249,7 @@ class LiveHub:
         snapshots: dict[int, dict[str, int]] = {}
         for precision in sorted({view.precision for view in views.values()}):
             # street zoom (7-8) reads only the drivers around the views' boxes
-            near = [view.bbox for view in views.values() if view.precision == precision]
+            near = _near([view.bbox for view in views.values() if view.precision == precision])
             snapshots[precision], next_expiry = self.live.snapshot(precision, now, near)
             with self._lock:
                 self._note_expiry(next_expiry)
@@ -390,6 +392,23 @@ def _content(frame: dict[str, Any]) -> tuple[str, str | None]:
 # NamedTuple it never does): a round's 1,000 of them then do not bring on the full
 # collections that pause a process holding 1,000 sockets.
 _Built = tuple[str, int, int, tuple[tuple[str, ...], ...]]
+
+
+def _near(boxes: list[BBox | None]) -> list[BBox | None]:
+    """The boxes a street-zoom snapshot reads around: the views' own, or for many views
+    the one box around them all (covering 490 boxes one by one cost ~80 ms a round, and
+    scattered over a city their union is the city anyway); unbounded views read all."""
+    if len(boxes) <= NEAR_BOXES_MAX or any(box is None for box in boxes):
+        return boxes
+    bounded = [box for box in boxes if box is not None]
+    return [
+        BBox(
+            min(b.west for b in bounded),
+            min(b.south for b in bounded),
+            max(b.east for b in bounded),
+            max(b.north for b in bounded),
+        )
+    ]
 
 
 def _plain(index: CellIndex, view: View, now: int) -> _Built:

@@ -60,9 +60,11 @@ def fleet(rnd: random.Random, drivers: int, t: int, step: int) -> list[Ping]:
     return out
 
 
-def scattered_views(rnd: random.Random, count: int) -> list[View]:
+def scattered_views(rnd: random.Random, count: int, unbounded: bool = True) -> list[View]:
     west, south, east, north = LAGOS
-    views = [View(7), View(5, BBox(*LAGOS)), View(8, BBox(2.0, 5.0, 5.0, 8.0))]  # plain path
+    views = [View(5, BBox(*LAGOS))]
+    if unbounded:  # the whole world; a box too big for a cover (the plain path)
+        views += [View(7), View(8, BBox(2.0, 5.0, 5.0, 8.0))]
     for cell in ("s14mh9", "s14mh", "s14m"):  # boxes exactly on bucket edges
         w, s, e, n = cell_bounds(cell)
         views += [View(7, BBox(w, s, e, n)), View(6, BBox(e, s, e + 0.05, n))]
@@ -75,10 +77,16 @@ def scattered_views(rnd: random.Random, count: int) -> list[View]:
 
 
 @pytest.mark.parametrize(
-    "cap,min_precision", [(500, 7), (40, 7), (0, 7), (500, 5)], ids=["500", "40", "0", "p5"]
+    "cap,min_precision,unbounded",
+    [(500, 7, True), (40, 7, True), (0, 7, True), (500, 5, True), (500, 7, False)],
+    ids=["500", "40", "0", "p5", "bounded"],  # bounded: street zoom read around the boxes
 )
 def test_every_socket_gets_the_plain_frame_byte_for_byte(
-    hub_settings: Settings, monkeypatch: pytest.MonkeyPatch, cap: int, min_precision: int
+    hub_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    cap: int,
+    min_precision: int,
+    unbounded: bool,
 ) -> None:
     settings = hub_settings.with_(markers_max=cap, markers_min_precision=min_precision)
     client = redis.Redis.from_url(settings.redis_url)
@@ -88,7 +96,7 @@ def test_every_socket_gets_the_plain_frame_byte_for_byte(
     monkeypatch.setattr(live_hub, "_now_ms", lambda: clock[0])
     live.apply(fleet(rnd, 2000, clock[0], 0), clock[0])
     hub = LiveHub(client, settings)
-    subs = [Subscription(view) for view in scattered_views(rnd, 120)]
+    subs = [Subscription(view) for view in scattered_views(rnd, 120, unbounded)]
     subs.append(Subscription(subs[-1].view))  # two sockets on one view
     for sub in subs:
         hub._attach(sub)  # the frame on connect (the plain path)
@@ -144,3 +152,11 @@ def test_a_driver_moving_inside_its_cell_moves_its_marker(
     (frame,) = sub.mailbox.take(0)
     assert '"cells":[["s14mh9n",1]]' in frame and '"markers":[["a",6.5096,3.3712,91.0]]' in frame
     client.close()
+
+
+def test_many_street_views_read_around_one_box_holding_them_all() -> None:
+    few = [BBox(3.3, 6.5, 3.4, 6.55), BBox(3.5, 6.6, 3.6, 6.65)]
+    assert live_hub._near(list(few)) == few
+    many: list[BBox | None] = [BBox(3.1 + i / 100, 6.4, 3.2 + i / 100, 6.5) for i in range(40)]
+    assert live_hub._near(many) == [BBox(3.1, 6.4, 3.2 + 39 / 100, 6.5)]
+    assert live_hub._near([*many, None])[-1] is None  # a whole-world view: read all
