@@ -172,8 +172,9 @@ return {changed, {}, oldest_ts, updated}
 """
 
 
-# Street-zoom counts for a box: the stored values of the drivers of the geohash-6 cells
-# covering it (ARGV), read at once from their marker sets.
+# The drivers of some geohash-6 cells (ARGV) with their stored values, flat
+# [driver, value, ...], read at once from the cells' marker sets: street-zoom counts and
+# markers. One call instead of a pipeline of one SMEMBERS per cell and an HMGET.
 _READ_LUA = """
 local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
 local out, n = {}, 0
@@ -182,7 +183,9 @@ for i = 1, #ARGV do
   for j = 1, #members, 4000 do
     local vals = redis.call('HMGET', KEYS[1], unpack(members, j, math.min(#members, j + 3999)))
     for k = 1, #vals do
-      if vals[k] then n = n + 1; out[n] = vals[k] end
+      if vals[k] then
+        out[n + 1] = members[j + k - 1]; out[n + 2] = vals[k]; n = n + 2
+      end
     end
   end
 end
@@ -380,28 +383,23 @@ class LiveCounts:
             _, cells, next_expiry, _ = self._run(now_ms, precision, [])
             return cells, next_expiry
         _, _, next_expiry, _ = self._run(now_ms, 0, [])
-        values = self._read(keys=[self.keys.drv], args=cover) if cover else []
-        return _count_cells(values, precision), next_expiry
+        flat = self._read(keys=[self.keys.drv], args=cover) if cover else []
+        return _count_cells(flat[1::2], precision), next_expiry
 
     def marker_candidates(self, cells6: Iterable[str]) -> list[MarkerCandidate]:
-        """Active drivers in the given geohash-6 cells with their position: two round
-        trips (the cells' driver sets, then the drivers' stored latest pings)."""
+        """Active drivers in the given geohash-6 cells with their position, sorted by
+        driver: one atomic read of the cells' driver sets and the drivers' values."""
         names = sorted(set(cells6))
         if not names:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for cell in names:
-            pipe.smembers(f"{self.settings.redis_key_prefix}m:{cell}")
-        drivers = sorted({_text(d) for members in pipe.execute() for d in members})
-        if not drivers:
-            return []
-        out: list[MarkerCandidate] = []
-        for driver, value in zip(drivers, self.redis.hmget(self.keys.drv, drivers), strict=True):
-            state = DriverState.read(value)
-            if state is None:
-                continue  # expired between the two reads
-            out.append((driver, state.cell8, state.lat, state.lon, state.heading))
-        return out
+        flat = self._read(keys=[self.keys.drv], args=names)
+        found: dict[str, MarkerCandidate] = {}  # a driver is in one set; keyed anyway
+        for i in range(0, len(flat), 2):
+            state = DriverState.read(flat[i + 1])
+            if state is not None:
+                driver = _text(flat[i])
+                found[driver] = (driver, state.cell8, state.lat, state.lon, state.heading)
+        return [found[d] for d in sorted(found)]
 
     def driver(self, driver_id: str) -> DriverState | None:
         """One driver's stored latest ping (it may be older than the window: the caller
