@@ -39,10 +39,19 @@ ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = ("web", "live-worker", "sink")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, never one this process handed out before (the
+    kernel may offer a just-closed port again: a broker and a web server then collide)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def rss_kib(pid: int) -> int:
