@@ -112,7 +112,7 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
         Viewer(f"{stack.ws}/ws/live?{view}&token={token}", counting, stop)
         for view in _views(n, scattered, seed=n)
     ]
-    worker = stack.pids()["web"][0]
+    workers = stack.pids()["web"]
     started = time.monotonic()
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda v: v.connect(), viewers))
@@ -122,13 +122,13 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
     counting.set()
     window_ms = time.time() * 1000
     t0 = time.monotonic()
-    cpu0 = (cpu_seconds(worker), time.process_time(), machine_busy_seconds())
+    cpu0 = (_cpu(workers), time.process_time(), machine_busy_seconds())
     while time.monotonic() - t0 < measure_s:
-        peak = max(peak, rss_kib(worker))
+        peak = max(peak, sum(rss_kib(w) for w in workers))
         time.sleep(0.2)
     counting.clear()
     elapsed = time.monotonic() - t0
-    cpu1 = (cpu_seconds(worker), time.process_time(), machine_busy_seconds())
+    cpu1 = (_cpu(workers), time.process_time(), machine_busy_seconds())
     load = [round(x, 2) for x in os.getloadavg()]
     web_cpu, client_cpu, machine_cpu = (
         (b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=True)
@@ -177,18 +177,24 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
     }
 
 
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
 def run(
     sockets: tuple[int, ...] = (100, 500, 1000),
     measure_s: float = 10.0,
     rate: float = 5_000,
     drivers: int = 5_000,
+    web_workers: int = 1,
 ) -> dict[str, Any]:
     most = max(sockets)
+    threads = most // web_workers + 100
     with Stack(
         "fanout",
         processes=("web", "live-worker"),
-        web_workers=1,
-        web_threads=most + 100,
+        web_workers=web_workers,
+        web_threads=threads,
         # sockets of the previous case may still hold their lease for a moment
         max_sockets_per_token=3 * most + 100,
         ws_max_messages_per_s=1000.0,
@@ -215,7 +221,8 @@ def run(
             "background_pings_per_s": rate,
             "drivers": drivers,
             "live_fps": stack.settings.live_fps,
-            "web": f"1 gunicorn gthread worker, {most + 100} threads",
+            "web": f"{web_workers} gunicorn gthread worker(s), {threads} threads each "
+            "(figures: summed over the workers)",
             "one_view": "precision 6, all of Lagos",
             "scattered_views": "each socket its own 0.1 deg box, precision 6 or 7",
         },
@@ -227,7 +234,17 @@ def run(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sockets", default="100,500,1000", help="comma-separated counts")
     parser.add_argument("--measure", type=float, default=10.0, help="seconds per case")
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=1,
+        help="gunicorn workers (each runs its own hub; the kernel spreads the sockets)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return run(sockets=tuple(int(x) for x in args.sockets.split(",")), measure_s=args.measure)
+    return run(
+        sockets=tuple(int(x) for x in args.sockets.split(",")),
+        measure_s=args.measure,
+        web_workers=args.web_workers,
+    )
