@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import geohash
@@ -28,6 +29,11 @@ from bench.stack import Stack
 PRECISION = 7
 PROBE_AREA = (1.0, 1.0, 2.0, 2.0)  # west, south, east, north: open sea, no background pings
 _CELL = re.compile(rb'\["([0-9a-z]+)",')
+_T = re.compile(rb'"t":"([^"]+)"')
+
+
+def _epoch_s(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -47,6 +53,8 @@ class FrameWatcher(threading.Thread):
         self.ws.settimeout(None)  # a timeout mid-frame would break websocket-client's framing
         self.awaited: dict[str, float] = {}  # cell -> when it was awaited from
         self.seen: dict[str, float] = {}  # cell -> when a frame first held it
+        self.seen_wall: dict[str, float] = {}  # the same, wall clock (s)
+        self.frame_t: dict[str, float] = {}  # that frame's t: when the hub read the counts
         self.frames = 0
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -59,13 +67,16 @@ class FrameWatcher(threading.Thread):
                 continue
             except (websocket.WebSocketException, OSError):
                 return
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             data = raw.encode() if isinstance(raw, str) else raw
             self.frames += 1
             cells = set(m.decode() for m in _CELL.findall(data))
             with self.lock:
                 for cell in [c for c in self.awaited if c in cells]:
                     self.seen[cell] = now
+                    self.seen_wall[cell] = wall
+                    if t := _T.search(data, 0, 200):
+                        self.frame_t[cell] = _epoch_s(t.group(1).decode())
                     del self.awaited[cell]
 
     def expect(self, cell: str) -> None:
@@ -108,6 +119,7 @@ def run(
         session.headers["Authorization"] = f"Bearer {stack.token('ingest')}"
         rnd = random.Random(7)
         probes: list[tuple[str, float, float]] = []  # cell, sent, accepted
+        accepted_wall: dict[str, float] = {}
         used: set[str] = set()
         gen = LoadGenerator(spec).start() if rate else None
         a0 = stack.stats().get("pings_accepted", 0.0)
@@ -132,6 +144,7 @@ def run(
                 accepted = time.monotonic()
                 if response.status_code == 202:
                     probes.append((cell, sent, accepted))
+                    accepted_wall[cell] = time.time()
                 time.sleep(probe_every_s * (0.75 + rnd.random() / 2))
             time.sleep(2.0)  # the last probe's frame
         finally:
@@ -142,6 +155,11 @@ def run(
         achieved = (stack.stats().get("pings_accepted", 0.0) - a0) / load_s
     from_accept = [(watcher.seen[c] - acc) * 1000 for c, _, acc in probes if c in watcher.seen]
     from_send = [(watcher.seen[c] - snt) * 1000 for c, snt, _ in probes if c in watcher.seen]
+    # where the time goes: 202 -> the hub reading counts that hold the probe (the live
+    # worker's batch and apply, then the hub's pacing), and that read -> the client
+    # (building and sending the frame); the frame's t has millisecond resolution
+    to_read = [(watcher.frame_t[c] - accepted_wall[c]) * 1000 for c in watcher.frame_t]
+    to_client = [(watcher.seen_wall[c] - watcher.frame_t[c]) * 1000 for c in watcher.frame_t]
     return {
         "load": {
             "target_pings_per_s": rate,
@@ -158,6 +176,10 @@ def run(
         "latency_ms_from_accepted_max": round(max(from_accept, default=float("nan")), 1),
         "latency_ms_from_sent_p50": round(percentile(from_send, 50), 1),
         "latency_ms_from_sent_p99": round(percentile(from_send, 99), 1),
+        "accepted_to_hub_read_ms_p50": round(percentile(to_read, 50), 1),
+        "accepted_to_hub_read_ms_p99": round(percentile(to_read, 99), 1),
+        "hub_read_to_client_ms_p50": round(percentile(to_client, 50), 1),
+        "hub_read_to_client_ms_p99": round(percentile(to_client, 99), 1),
     }
 
 

@@ -10,6 +10,7 @@ shapes the frame, so a view means exactly the same thing in both modes.
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -326,50 +327,55 @@ Part = tuple[str, int, int, tuple[str, ...]]
 
 
 class FrameParts:
-    """One precision's non-zero cells of one snapshot, encoded once: for every prefix
-    of every cell, the JSON of its cells (``["gh",n],...``, sorted), their total and
-    max, and (``keep_cells``) the cells, for markers."""
+    """One precision's non-zero cells of one snapshot, encoded on demand and once: for
+    each prefix a view's cover asks for, the JSON of its cells (``["gh",n],...``,
+    sorted), their total and max, and (``keep_cells``) the cells, for markers.
+
+    Only the cells under prefixes some view asks for are encoded (a round with one
+    small street-zoom view over a snapshot of every driver's cell encodes that view's
+    cells, not all of them); each cell at most once, each prefix at most once."""
 
     def __init__(self, counts: Mapping[str, int], precision: int, keep_cells: bool = False):
         self.precision = precision
         items = sorted((cell, value) for cell, value in counts.items() if value > 0)
         if any(len(cell) != precision for cell, _ in items):
             raise ValueError(f"cells of precision {precision} expected")
-        # level by level, finest first: each prefix's part joins its children's
-        keys = [cell for cell, _ in items]
-        vals: list[Part] = [
-            (_json.encode([cell, v]).decode(), v, v, (cell,) * keep_cells) for cell, v in items
-        ]
-        parts: dict[str, Part] = dict(zip(keys, vals, strict=True))
-        for k in range(precision - 1, -1, -1):
-            coarse_keys: list[str] = []
-            coarse_vals: list[Part] = []
-            start = 0
-            for prefix, group in groupby(keys, key=itemgetter(slice(0, k))):
-                end = start + sum(1 for _ in group)
-                if end - start == 1:
-                    part = vals[start]
-                else:
-                    texts, totals, peaks, kept = zip(*vals[start:end], strict=True)
-                    part = (
-                        ",".join(texts),
-                        sum(totals),
-                        max(peaks),
-                        tuple(chain.from_iterable(kept)) if keep_cells else (),
-                    )
-                coarse_keys.append(prefix)
-                coarse_vals.append(part)
-                start = end
-            parts.update(zip(coarse_keys, coarse_vals, strict=True))
-            keys, vals = coarse_keys, coarse_vals
-        self._parts = parts
+        self._keys = [cell for cell, _ in items]
+        self._values = [value for _, value in items]
+        self._texts: list[str | None] = [None] * len(items)
+        self._keep = keep_cells
+        self._parts: dict[str, Part | None] = {}
+
+    def _part(self, prefix: str) -> Part | None:
+        if prefix in self._parts:
+            return self._parts[prefix]
+        keys = self._keys
+        # the cells starting with prefix are one run of the sorted keys (geohash
+        # characters all sort below "~")
+        lo = bisect_left(keys, prefix)
+        hi = bisect_left(keys, prefix + "~", lo)
+        part: Part | None = None
+        if lo < hi:
+            texts, values = self._texts, self._values
+            for i in range(lo, hi):
+                if texts[i] is None:
+                    texts[i] = f'["{keys[i]}",{values[i]}]'
+            run = values[lo:hi]
+            part = (
+                ",".join(texts[lo:hi]),  # type: ignore[arg-type]
+                sum(run),
+                max(run),
+                tuple(keys[lo:hi]) if self._keep else (),
+            )
+        self._parts[prefix] = part
+        return part
 
     def view(self, prefixes: Iterable[str]) -> tuple[str, int, int, tuple[tuple[str, ...], ...]]:
         """(cells JSON without brackets, total, max, the cells in groups) of the view
         whose ``cover`` is ``prefixes``. (Tuples throughout: the garbage collector
         stops tracking them, so a round's many results do not trigger full
         collections of a web process holding 1,000 sockets.)"""
-        hits = list(filter(None, map(self._parts.get, prefixes)))
+        hits = [part for part in map(self._part, prefixes) if part is not None]
         if not hits:
             return "", 0, 0, ()
         texts, totals, peaks, kept = zip(*hits, strict=True)
