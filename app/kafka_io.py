@@ -66,6 +66,9 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "max.partition.fetch.bytes": 32 * 1024 * 1024,
         "fetch.max.bytes": 100 * 1024 * 1024,
         "queued.min.messages": 1_000_000,
+        # a fetch with nothing new is held by the broker up to this long (default 500):
+        # on a quiet topic that was the live latency of a lone ping
+        "fetch.wait.max.ms": 50,
         "partition.assignment.strategy": "range",
         "reconnect.backoff.max.ms": 1000,
     }
