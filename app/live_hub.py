@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
@@ -42,6 +42,8 @@ from replay.heat import (
 log = logging.getLogger(__name__)
 
 MAX_REPLIES = 16
+# from this many views at one precision a round builds all of its frame parts up front
+EAGER_PARTS_VIEWS = 16
 COVER_LIMIT = 4096  # prefixes; a bigger view (huge box, fine cells) is built plainly
 NEAR_BOXES_MAX = 32  # street-zoom views whose boxes a snapshot reads around one by one
 MISSING: Any = object()
@@ -253,9 +255,15 @@ class LiveHub:
             snapshots[precision], next_expiry = self.live.snapshot(precision, now, near)
             with self._lock:
                 self._note_expiry(next_expiry)
+        # many views ask for ~100 prefixes each: build every prefix's part at once;
+        # a few views ask for few: encode only those (see FrameParts)
+        per_precision = Counter(view.precision for view in views.values())
         parts = {
             precision: FrameParts(
-                cells, precision, keep_cells=precision >= settings.markers_min_precision
+                cells,
+                precision,
+                keep_cells=precision >= settings.markers_min_precision,
+                eager=per_precision[precision] >= EAGER_PARTS_VIEWS,
             )
             for precision, cells in snapshots.items()
         }

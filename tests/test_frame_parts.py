@@ -39,12 +39,12 @@ def plain(counts, view, candidates, cap, min_precision=1) -> str:
     return msgspec.json.encode(frame).decode()
 
 
-def fast(counts, view, candidates, cap, min_precision=1) -> str:
+def fast(counts, view, candidates, cap, min_precision=1, eager=False) -> str:
     prefixes = cover(view.bbox, view.precision)
     if prefixes is None:  # too big a box for its precision: the hub builds it plainly
         event("cover over its limit")
         return plain(counts, view, candidates, cap, min_precision)
-    parts = FrameParts(counts, view.precision, keep_cells=True)
+    parts = FrameParts(counts, view.precision, keep_cells=True, eager=eager)
     cells_json, total, peak, kept = parts.view(prefixes)
     markers = None
     if view.precision >= min_precision and 0 < total <= cap:
@@ -128,7 +128,9 @@ def test_pre_encoded_frames_are_the_plain_frames_byte_for_byte(data):
     total = msgspec.json.decode(expected)["total"]
     event("empty" if not total else "with markers" if '"markers"' in expected else "no markers")
     event(f"precision {precision}")
-    assert fast(counts, view, candidates, cap, min_precision) == expected
+    eager = data.draw(st.booleans())  # parts built up front or per prefix asked for
+    event("eager parts" if eager else "lazy parts")
+    assert fast(counts, view, candidates, cap, min_precision, eager) == expected
 
 
 @settings(max_examples=300, deadline=None)
