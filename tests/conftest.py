@@ -9,7 +9,6 @@ database (created, migrated, dropped), so runs and tests never see each other's 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -30,23 +29,9 @@ from app.broker import start_embedded_broker
 from app.db import migrate
 from app.kafka_io import delete_topics, ensure_topics
 from app.settings import Settings, load_settings
+from bench.stack import free_port  # one picker for tests and benches (never a port twice)
 
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", "test-output"))
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on now, never one this process handed out before (the
-    kernel may offer a just-closed port again: a broker and a web server then collide)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 @pytest.fixture(scope="session")
