@@ -291,8 +291,10 @@ class LiveKeys:
         return [self.drv, self.seen, self.cutoff, *self.counts]
 
     def all_keys(self) -> list[str]:
-        # c:7 and c:8 were counters before they were derived: gone with a wipe too
-        return [*self.script_keys(), *(self.counts[0][:-1] + str(n) for n in (7, 8))]
+        # keys of the earlier layout (c:7 and c:8 counters, positions in their own
+        # hash), left by an upgrade in place: gone with a wipe too
+        legacy = [self.counts[0][:-1] + str(n) for n in (7, 8)]
+        return [*self.script_keys(), *legacy, self.drv[: -len("drv")] + "pos"]
 
 
 def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]:

@@ -203,3 +203,13 @@ def test_a_batch_keeps_each_drivers_newest_ping_ties_to_the_larger_geohash():
         ((ts, cell, ping),) = latest_per_driver(order).values()
         assert (ts, ping) == (T0 + 5, high) and cell == geohash.encode(high.lat, high.lon, 8)
     assert latest_per_driver([low, older])["t"][2] is low
+
+
+def test_wipe_also_removes_the_earlier_layouts_keys(live):
+    prefix = live.settings.redis_key_prefix
+    live.apply([Ping("w", 6.5, 3.3, T0)], now_ms=T0)
+    live.redis.hset(f"{prefix}c:8", "s14mhg3b", 1)  # as an older version left them
+    live.redis.hset(f"{prefix}pos", "w", "6.5,3.3,,")
+    live.wipe()
+    pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+    assert [k for k in live.redis.scan_iter(match=pattern) if b":m:" not in k] == []
