@@ -215,11 +215,17 @@ def kill_soak(
     kills: int,
     seed: int,
     chunk: int = 5000,
-    produce_s: float = 12.0,
+    produce_s: float | None = None,
 ) -> tuple[KillSoak, set[Key]]:
     """Produce ``total`` keyed pings over about ``produce_s`` seconds while a real sink
     process is SIGKILLed ``kills`` times at random moments (each after it has written at
-    least one batch), then let a last sink catch up and stop it with SIGTERM."""
+    least one batch), then let a last sink catch up and stop it with SIGTERM.
+
+    The feed lasts (by default 6 s per kill) longer than the kills take - a restart, a
+    group join, a first batch: 2-5 s each - so every restarted sink has pings to write;
+    a sink faster than the feed would otherwise find everything written already."""
+    if produce_s is None:
+        produce_s = 6.0 * kills
     rng = random.Random(seed)
     result = KillSoak()
     accepted: set[Key] = set()
