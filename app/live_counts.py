@@ -15,25 +15,27 @@ larger geohash — the replay SQL orders the same way) whose ts is in (now - W, 
 Precisions 1-6 are maintained, not derived, so a frame costs one HGETALL of a hash
 holding only non-zero cells; moving within a geohash-6 cell (1.2 x 0.6 km) touches no
 counter. Precisions 7 and 8 (street zoom) are counted when read, from the drivers'
-stored cells (one HGETALL of ``drv`` in the same atomic call that expires them): their
+stored cells (every driver's, or those of the geohash-6 cells around the views' boxes,
+read from their marker sets in one atomic call): their
 counters changed with almost every ping and cost ~45 % of the script's work.
 
 The script reads and writes in bulk (one HMGET / HSET / ZADD per 4,000 drivers, one
 HINCRBY per changed cell with its summed change) and finds the first changed precision
-by comparing bytes: Redis CPU per ping went from ~10.4-11.3 to ~7.3-8.8 us
-(`python -m bench.live_apply`, docs/performance.md).
+by comparing bytes. With the street-zoom counters gone too, Redis CPU per ping went from
+~10.4-11.3 to ~4.4-4.8 us (`python -m bench.live_apply`, docs/performance.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import product
 
 import redis
 
 from app.ping import Ping, geohash8
 from app.settings import Settings
-from replay.heat import BBox
+from replay.heat import BASE32, BBox, cover
 
 PRECISIONS = range(1, 9)
 # precisions kept as counters; the finer ones are counted from the drivers' values when
@@ -194,29 +196,24 @@ return out
 
 # boxes needing more geohash-6 cells than this read every driver instead
 MAX_COVER_CELLS = 4_096
-_CELL6_DEG = (360 / 2**15, 180 / 2**15)  # lon, lat extent of a geohash-6 cell
 
 
 def cells6_covering(bbox: BBox | None) -> list[str] | None:
     """The geohash-6 cells that intersect ``bbox`` (edges included, as build_frame
-    counts a cell touching the box), or None for no box or one needing more than
-    MAX_COVER_CELLS cells."""
+    counts a cell touching the box), sorted: the view's ``replay.heat.cover`` at
+    precision 6 with every coarser prefix (a block wholly inside the box) spelled out.
+    None for no box or one needing more than MAX_COVER_CELLS cells."""
     if bbox is None:
         return None
-    eps = 1e-9
-    west, east = max(-180.0, bbox.west - eps), min(180.0 - 1e-12, bbox.east + eps)
-    south, north = max(-90.0, bbox.south - eps), min(90.0 - 1e-12, bbox.north + eps)
-    dlon, dlat = _CELL6_DEG
-    cols = int((east - west) / dlon) + 2
-    rows = int((north - south) / dlat) + 2
-    if cols * rows > MAX_COVER_CELLS:
+    prefixes = cover(bbox, 6, MAX_COVER_CELLS)
+    if prefixes is None:
         return None
-    cells = {
-        geohash8(min(north, south + i * dlat), min(east, west + j * dlon))[:6]
-        for i in range(rows)
-        for j in range(cols)
-    }
-    return sorted(cells)
+    cells: list[str] = []
+    for prefix in prefixes:
+        if len(cells) + 32 ** (6 - len(prefix)) > MAX_COVER_CELLS:
+            return None
+        cells.extend(prefix + "".join(t) for t in product(BASE32, repeat=6 - len(prefix)))
+    return cells
 
 
 def cells6_covering_all(boxes: Iterable[BBox | None]) -> list[str] | None:
@@ -275,6 +272,9 @@ class LiveKeys:
     cutoff: str
     counts: tuple[str, ...]
     changed_channel: str
+    # the earlier layout's keys (c:7 and c:8 counters, positions in their own hash):
+    # an upgrade in place leaves them, a wipe removes them too
+    legacy: tuple[str, ...] = ()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> LiveKeys:
@@ -285,16 +285,14 @@ class LiveKeys:
             cutoff=p + "cutoff",
             counts=tuple(f"{p}c:{n}" for n in COUNTED),
             changed_channel=p + "changed",
+            legacy=(f"{p}c:7", f"{p}c:8", p + "pos"),
         )
 
     def script_keys(self) -> list[str]:
         return [self.drv, self.seen, self.cutoff, *self.counts]
 
     def all_keys(self) -> list[str]:
-        # keys of the earlier layout (c:7 and c:8 counters, positions in their own
-        # hash), left by an upgrade in place: gone with a wipe too
-        legacy = [self.counts[0][:-1] + str(n) for n in (7, 8)]
-        return [*self.script_keys(), *legacy, self.drv[: -len("drv")] + "pos"]
+        return [*self.script_keys(), *self.legacy]
 
 
 def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]:
@@ -379,13 +377,14 @@ class LiveCounts:
         Either way every cell intersecting those boxes is exact."""
         if precision not in PRECISIONS:
             raise ValueError("precision must be 1..8")
-        fine = precision > COUNTED[-1] and near is not None
-        cover = cells6_covering_all(near) if fine and near is not None else None
-        if cover is None:
+        cells6 = None
+        if precision > COUNTED[-1] and near is not None:
+            cells6 = cells6_covering_all(near)
+        if cells6 is None:
             _, cells, next_expiry, _ = self._run(now_ms, precision, [])
             return cells, next_expiry
         _, _, next_expiry, _ = self._run(now_ms, 0, [])
-        flat = self._read(keys=[self.keys.drv], args=cover) if cover else []
+        flat = self._read(keys=[self.keys.drv], args=cells6) if cells6 else []
         return _count_cells(flat[1::2], precision), next_expiry
 
     def marker_candidates(self, cells6: Iterable[str]) -> list[MarkerCandidate]:
