@@ -53,7 +53,17 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
+# How long the broker may hold a fetch that has nothing new. The live worker's frames
+# wait on it when the fleet is quiet, so it asks for 50 ms; history can wait, and on the
+# dev broker every consumer at 50 ms cost ~2 us of broker CPU per ping under load (the
+# broker went 16-19 % -> 27-41 % of a core at 55-60k pings/s: docs/performance.md).
+FETCH_WAIT_LIVE_MS = 50
+FETCH_WAIT_DEFAULT_MS = 500
+
+
+def consumer_config(
+    settings: Settings, group_id: str, fetch_wait_max_ms: int = FETCH_WAIT_DEFAULT_MS
+) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": group_id,
@@ -66,9 +76,7 @@ def consumer_config(settings: Settings, group_id: str) -> dict[str, Any]:
         "max.partition.fetch.bytes": 32 * 1024 * 1024,
         "fetch.max.bytes": 100 * 1024 * 1024,
         "queued.min.messages": 1_000_000,
-        # a fetch with nothing new is held by the broker up to this long (default 500):
-        # on a quiet topic that was the live latency of a lone ping
-        "fetch.wait.max.ms": 50,
+        "fetch.wait.max.ms": fetch_wait_max_ms,
         "partition.assignment.strategy": "range",
         "reconnect.backoff.max.ms": 1000,
     }

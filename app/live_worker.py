@@ -29,7 +29,7 @@ from confluent_kafka import (
 from app import metrics
 from app.backoff import Backoff
 from app.dead_letter import DeadLetters
-from app.kafka_io import BrokerUnavailable, consume_batch, consumer_config
+from app.kafka_io import FETCH_WAIT_LIVE_MS, BrokerUnavailable, consume_batch, consumer_config
 from app.live_counts import LiveCounts
 from app.live_heal import rewind_offsets, state_lost
 from app.ping import Ping
@@ -72,7 +72,7 @@ class LiveWorker:
             client_name=LIVE_CLIENT_NAME,
         )
         live = LiveCounts(client, settings)
-        consumer = Consumer(consumer_config(settings, settings.group_live))
+        consumer = Consumer(consumer_config(settings, settings.group_live, FETCH_WAIT_LIVE_MS))
         dead = DeadLetters(settings, source="live_worker")
         # batch figures leave in the background: the batch loop never waits on them
         figures = metrics.CounterBuffer(client, settings.redis_key_prefix)
