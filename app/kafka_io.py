@@ -56,7 +56,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 # How long the broker may hold a fetch that has nothing new. The live worker's frames
 # wait on it when the fleet is quiet, so it asks for 50 ms; history can wait, and on the
 # dev broker every consumer at 50 ms cost ~2 us of broker CPU per ping under load (the
-# broker went 16-19 % -> 27-41 % of a core at 55-60k pings/s: docs/performance.md).
+# broker: 27-35 % of a core at 55-60k pings/s with both at 50, 21-24 % with only the
+# live worker; docs/performance.md, fifth round).
 FETCH_WAIT_LIVE_MS = 50
 FETCH_WAIT_DEFAULT_MS = 500
 

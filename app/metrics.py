@@ -73,22 +73,23 @@ def _fields(counts: dict[str, int | float]) -> dict[str, int | float]:
 
 
 def _send(client: redis.Redis, key: str, fields: dict[str, int | float]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for name, value in fields.items():
-        if isinstance(value, float):
-            pipe.hincrbyfloat(key, name, value)
-        else:
-            pipe.hincrby(key, name, value)
-    pipe.execute()
+    """One pipelined write; best effort: a write Redis refuses is logged and dropped."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for name, value in fields.items():
+            if isinstance(value, float):
+                pipe.hincrbyfloat(key, name, value)
+            else:
+                pipe.hincrby(key, name, value)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.debug("metrics write skipped: %s", exc)
 
 
 def incr(client: redis.Redis, prefix: str, counts: dict[str, int | float]) -> None:
     """Add ``counts`` to the shared hash in one round trip (see the module docstring for
     the histogram fields this also feeds)."""
-    try:
-        _send(client, stats_key(prefix), _fields(counts))
-    except redis.RedisError as exc:
-        log.debug("metrics write skipped: %s", exc)
+    _send(client, stats_key(prefix), _fields(counts))
 
 
 class CounterBuffer:
@@ -117,12 +118,8 @@ class CounterBuffer:
     def flush(self) -> None:
         with self._lock:
             fields, self._pending = self._pending, {}
-        if not fields:
-            return
-        try:
+        if fields:
             _send(self.client, self.key, fields)
-        except redis.RedisError as exc:
-            log.debug("metrics write skipped: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -46,6 +46,16 @@ def brute(latest: dict[str, Ping], now: int, precision: int) -> dict[str, int]:
     return out
 
 
+def fleet(
+    rng: random.Random, name: str, n: int, south: float, west: float, span: float
+) -> list[Ping]:
+    """``n`` drivers pinging at T0 from random spots of a ``span``-degree square."""
+    return [
+        Ping(f"{name}{i}", south + rng.random() * span, west + rng.random() * span, T0)
+        for i in range(n)
+    ]
+
+
 def marker_sets(live: LiveCounts) -> dict[str, set[str]]:
     prefix = live.settings.redis_key_prefix
     pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "m:*"
@@ -156,10 +166,7 @@ def test_the_geohash6_cover_holds_every_cell_touching_the_box(w, s, dw, dh, on_e
 
 def test_street_counts_for_a_box_equal_the_whole_read_filtered_by_the_box(live):
     rng = random.Random(21)
-    pings = [
-        Ping(f"s{i}", 6.50 + rng.random() * 0.04, 3.36 + rng.random() * 0.04, T0)
-        for i in range(3_000)
-    ]
+    pings = fleet(rng, "s", 3_000, 6.50, 3.36, 0.04)
     live.apply(pings, now_ms=T0)
     for _ in range(30):
         w, s = 3.36 + rng.random() * 0.03, 6.50 + rng.random() * 0.03
@@ -175,10 +182,7 @@ def test_street_counts_for_a_box_equal_the_whole_read_filtered_by_the_box(live):
 
 def test_one_read_near_several_boxes_is_exact_in_each(live):
     rng = random.Random(8)
-    pings = [
-        Ping(f"m{i}", 6.40 + rng.random() * 0.2, 3.30 + rng.random() * 0.2, T0)
-        for i in range(4_000)
-    ]
+    pings = fleet(rng, "m", 4_000, 6.40, 3.30, 0.2)
     live.apply(pings, now_ms=T0)
     boxes = [BBox(3.31, 6.41, 3.33, 6.42), BBox(3.45, 6.55, 3.47, 6.58), BBox(3.4, 6.5, 3.4, 6.5)]
     assert cells6_covering_all([*boxes, None]) is None  # one unbounded view: read all
