@@ -33,12 +33,11 @@ pings = Table(
     postgresql_partition_by="RANGE (ts)",
 )
 
-ping_minutes = Table(
-    "ping_minutes",
+driver_minutes = Table(
+    "driver_minutes",
     metadata,
     Column("minute", DateTime(timezone=True), primary_key=True),
     Column("driver_id", Text, primary_key=True),
-    Column("pings", Integer, nullable=False),
 )
 
 minute_stats = Table(

@@ -31,7 +31,7 @@ from app.dead_letter import DeadLetters
 from app.kafka_io import BrokerUnavailable, OffsetProbe, consume_batch, consumer_config
 from app.ping import Ping, geohash8, wire_decoder
 from app.settings import Settings
-from replay.rollups import write_rollups
+from replay.rollups import MinuteRollups, Pairs
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ class PostgisSink:
     _metrics: metrics.CounterBuffer | None = None
     _conn: psycopg.Connection | None = None
     _written: dict[int, int] = field(default_factory=dict)
+    _rollups: MinuteRollups = field(default_factory=MinuteRollups)
 
     def run(self, max_batches: int | None = None) -> SinkStats:
         """Consume until ``stop`` is set (or ``max_batches`` batches were written).
@@ -397,6 +398,7 @@ class PostgisSink:
             pings: list[Ping] = []
             bad: list[tuple[Message, str]] = []
             next_offsets = dict(floor)
+            pairs: Pairs = {}
             for msg, item in zip(messages, decoded, strict=True):
                 offset, part = _offset(msg), _partition(msg)
                 if offset < floor[part]:
@@ -413,12 +415,13 @@ class PostgisSink:
                 dead.send(bad)
             if pings:
                 copy_pings(cur, pings)
-                write_rollups(cur, pings)
+                pairs = self._rollups.write(cur, pings)
             cur.executemany(
                 "UPDATE sink_offsets SET next_offset = %s, updated_at = now() "
                 "WHERE consumer_group = %s AND topic = %s AND partition = %s",
                 [(off, group, topic, part) for part, off in next_offsets.items()],
             )
+        self._rollups.committed(pairs)
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         return next_offsets, len(pings), len(bad)
 

@@ -1,8 +1,8 @@
 """History retention: drop whole day partitions of ``pings``; keep every rollup.
 
 Dropping a partition is instant and leaves no bloat, where ``DELETE`` of old rows would
-rewrite the table and fight the sink's COPY for I/O. Rollups (``ping_minutes`` and the
-replay rollups) are separate tables and are never touched, so timelines and peaks over
+rewrite the table and fight the sink's COPY for I/O. Rollups (``driver_minutes`` and
+``minute_stats``) are separate tables and are never touched, so timelines and peaks over
 old periods keep working after their raw pings are gone.
 """
 

@@ -4,7 +4,7 @@ Candidate windows start on the UTC minute grid and lie inside [from, to]. Rankin
 pings (from ``minute_stats``), ties broken by the earlier start; the answer is built
 greedily: the busiest window, then the busiest that does not overlap any taken one, and
 so on (windows that merely touch do not overlap). Windows without pings are not peaks.
-Each chosen window's distinct drivers come from ``ping_minutes``.
+Each chosen window's distinct drivers come from ``driver_minutes``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SELECT (extract(epoch FROM minute)::bigint / 60) AS m, pings
 FROM minute_stats WHERE minute >= %s AND minute < %s
 """
 _DRIVERS_SQL = """
-SELECT count(DISTINCT driver_id) FROM ping_minutes WHERE minute >= %s AND minute < %s
+SELECT count(DISTINCT driver_id) FROM driver_minutes WHERE minute >= %s AND minute < %s
 """
 
 

@@ -1,67 +1,131 @@
 """Rollups the PostGIS sink writes in the same transaction as the rows they summarise,
 so history and its summaries never disagree.
 
-- ``ping_minutes(minute, driver_id, pings)``: pings per driver per UTC minute;
+- ``driver_minutes(minute, driver_id)``: which drivers pinged in which UTC minute;
 - ``minute_stats(minute, pings, drivers)``: pings and distinct drivers per minute.
 
 Distinct drivers stay exact under late, out-of-order and concurrent batches because the
-upsert into ``ping_minutes`` reports which (minute, driver) rows it created
-(``xmax = 0`` on a freshly inserted tuple): only those add a driver to the minute. Two
-sink members writing the same minute serialise on the row lock, and the second one's
-upsert takes the UPDATE path, so a driver is never counted twice. Rows are sorted so
-concurrent batches lock in the same order (no deadlocks).
+insert into ``driver_minutes`` skips pairs that exist (``ON CONFLICT DO NOTHING``) and
+returns only the rows it created: only those add a driver to the minute. Two sink members
+writing the same pair serialise on the key, and the second one skips it, so a driver is
+never counted twice. Pairs are sorted so concurrent batches take keys in the same order.
+
+A (minute, driver) row is written once, not touched by every ping: ``MinuteRollups``
+remembers the pairs its own committed transactions wrote for the last few minutes and
+sends only the others. That memory only saves work — a pair it does not hold is sent and
+skipped by the key — so it is filled after the commit and never claims a row PostgreSQL
+does not have. Until migration 0005 the table kept pings per driver per minute, updated by
+every batch; that upsert cost PostgreSQL as much as storing the pings
+(docs/performance.md, sixth round).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import psycopg
 
 from app.ping import Ping
 
 _ROLLUP_SQL = """
-WITH batch AS (
-    SELECT to_timestamp(m * 60) AS minute, d AS driver_id, n AS pings
-    FROM {batch} AS b(m, d, n)
-), upserted AS (
-    INSERT INTO ping_minutes AS pm (minute, driver_id, pings)
-    SELECT minute, driver_id, pings FROM batch ORDER BY minute, driver_id
-    ON CONFLICT (minute, driver_id) DO UPDATE SET pings = pm.pings + EXCLUDED.pings
-    RETURNING pm.minute, (pm.xmax = 0) AS inserted
+WITH seen AS (
+    SELECT to_timestamp(m * 60) AS minute, d AS driver_id FROM {pairs} AS s(m, d)
+), added AS (
+    INSERT INTO driver_minutes (minute, driver_id)
+    SELECT minute, driver_id FROM seen ORDER BY minute, driver_id
+    ON CONFLICT (minute, driver_id) DO NOTHING
+    RETURNING minute
 ), new_drivers AS (
-    SELECT minute, count(*) FILTER (WHERE inserted) AS drivers FROM upserted GROUP BY minute
+    SELECT minute, count(*) AS drivers FROM added GROUP BY minute
 )
 INSERT INTO minute_stats AS ms (minute, pings, drivers)
-SELECT b.minute, sum(b.pings), min(nd.drivers)
-FROM batch b JOIN new_drivers nd USING (minute)
-GROUP BY b.minute
-ORDER BY b.minute
+SELECT to_timestamp(b.m * 60), b.n, coalesce(nd.drivers, 0)
+FROM unnest(%s::bigint[], %s::bigint[]) AS b(m, n)
+LEFT JOIN new_drivers nd ON nd.minute = to_timestamp(b.m * 60)
+ORDER BY b.m
 ON CONFLICT (minute) DO UPDATE
 SET pings = ms.pings + EXCLUDED.pings, drivers = ms.drivers + EXCLUDED.drivers
 """
-# The batch as three comma-joined strings split by the server: adapting three Python lists
-# of ~20k items element by element cost the sink 1.5 us per ping (15 % of its CPU,
-# docs/performance.md, fifth round); the same SQL with arrays for ids it cannot carry.
+# The pairs as two comma-joined strings split by the server: adapting Python lists of
+# ~20k items element by element cost the sink 1.5 us per ping (docs/performance.md,
+# fifth round); the same SQL with arrays for ids a joined string cannot carry.
 _SQL = _ROLLUP_SQL.format(
-    batch="unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ','), "
-    "string_to_array(%s, ',')::int[])"
+    pairs="unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ','))"
 )
-_SQL_ARRAYS = _ROLLUP_SQL.format(batch="unnest(%s::bigint[], %s::text[], %s::int[])")
+_SQL_ARRAYS = _ROLLUP_SQL.format(pairs="unnest(%s::bigint[], %s::text[])")
+
+Pairs = dict[int, set[str]]  # minute (epoch ms // 60,000) -> driver ids
+
+
+def batch_pairs(pings: Sequence[Ping]) -> tuple[Counter[int], Pairs]:
+    """Pings per minute and the drivers of each minute, for one batch."""
+    minutes = [p.ts // 60_000 for p in pings]
+    per_minute = Counter(minutes)
+    if len(per_minute) == 1:  # the usual live batch: one minute
+        return per_minute, {minutes[0]: {p.driver_id for p in pings}}
+    pairs: Pairs = {m: set() for m in per_minute}
+    for m, p in zip(minutes, pings, strict=True):
+        pairs[m].add(p.driver_id)
+    return per_minute, pairs
+
+
+def send(cur: psycopg.Cursor, per_minute: Counter[int], pairs: Pairs) -> None:
+    """Add one batch's pings per minute and (minute, driver) pairs to the rollups."""
+    if not per_minute:
+        return
+    stat_minutes = sorted(per_minute)
+    stat_counts = [per_minute[m] for m in stat_minutes]
+    keys = sorted((m, d) for m, ds in pairs.items() for d in ds)
+    minutes = [m for m, _ in keys]
+    drivers = [d for _, d in keys]
+    joined = ",".join(drivers)
+    if all(drivers) and joined.count(",") == len(drivers) - 1:
+        cur.execute(_SQL, (",".join(map(str, minutes)), joined, stat_minutes, stat_counts))
+    else:  # an id with a comma, or an empty one, would not split back into itself
+        cur.execute(_SQL_ARRAYS, (minutes, drivers, stat_minutes, stat_counts))
 
 
 def write_rollups(cur: psycopg.Cursor, pings: Sequence[Ping]) -> None:
-    """Add ``pings`` (already COPYed into ``pings`` by the same transaction) to the rollups."""
-    if not pings:
-        return
-    per_driver_minute = Counter((p.ts // 60_000, p.driver_id) for p in pings)
-    keys = sorted(per_driver_minute)
-    minutes = [m for m, _ in keys]
-    drivers = [d for _, d in keys]
-    counts = [per_driver_minute[k] for k in keys]
-    joined = ",".join(drivers)
-    if all(drivers) and joined.count(",") == len(drivers) - 1:
-        cur.execute(_SQL, (",".join(map(str, minutes)), joined, ",".join(map(str, counts))))
-    else:  # an id with a comma, or an empty one, would not split back into itself
-        cur.execute(_SQL_ARRAYS, (minutes, drivers, counts))
+    """Add ``pings`` (already COPYed into ``pings`` by the same transaction) to the rollups,
+    sending every pair (backfills and tests; the sink uses ``MinuteRollups``)."""
+    send(cur, *batch_pairs(pings))
+
+
+class MinuteRollups:
+    """The sink's rollup writer: sends only (minute, driver) pairs its committed
+    transactions have not written, for the newest ``keep_minutes`` minutes it saw."""
+
+    def __init__(self, keep_minutes: int = 3) -> None:
+        self.keep_minutes = keep_minutes
+        self._written: Pairs = {}
+
+    def write(self, cur: psycopg.Cursor, pings: Sequence[Ping]) -> Pairs:
+        """Write the batch's rollups in the caller's transaction; pass what this returns
+        to ``committed`` once that transaction has committed."""
+        per_minute, pairs = batch_pairs(pings)
+        for m, drivers in pairs.items():
+            known = self._written.get(m)
+            if known:
+                drivers -= known
+        send(cur, per_minute, pairs)
+        return pairs
+
+    def committed(self, pairs: Pairs) -> None:
+        for m, drivers in pairs.items():
+            self._written.setdefault(m, set()).update(drivers)
+        if len(self._written) > self.keep_minutes:
+            for m in sorted(self._written)[: -self.keep_minutes]:
+                del self._written[m]
+
+    def forget(self, minutes: Iterable[int] | None = None) -> None:
+        """Drop the memory (all of it, or of ``minutes``): the next batches send those
+        pairs again and the key skips the ones that exist."""
+        if minutes is None:
+            self._written.clear()
+            return
+        for m in minutes:
+            self._written.pop(m, None)
+
+    def remembered(self) -> int:
+        return sum(len(ds) for ds in self._written.values())

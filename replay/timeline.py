@@ -7,7 +7,7 @@ cover its whole bucket.
 
 - pings: sum of ``minute_stats.pings`` (exact);
 - drivers, step = 60 s: ``minute_stats.drivers`` (exact, maintained by the sink);
-- drivers, longer steps: distinct drivers of ``ping_minutes`` per bucket (exact; reads
+- drivers, longer steps: distinct drivers of ``driver_minutes`` per bucket (exact; reads
   one row per active driver per minute rather than one per ping).
 """
 
@@ -32,7 +32,7 @@ GROUP BY 1
 _DRIVERS_SQL = """
 SELECT (extract(epoch FROM minute)::bigint * 1000 / %(step)s) * %(step)s AS bucket,
        count(DISTINCT driver_id)
-FROM ping_minutes WHERE minute >= %(low)s AND minute < %(high)s
+FROM driver_minutes WHERE minute >= %(low)s AND minute < %(high)s
 GROUP BY 1
 """
 

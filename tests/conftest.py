@@ -96,7 +96,7 @@ def settings(
         live_window_s=10.0,
     )
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE pings, ping_minutes, minute_stats, sink_offsets")
+        conn.execute("TRUNCATE pings, driver_minutes, minute_stats, sink_offsets")
     ensure_topics(s)
     yield s
     client = redis.Redis.from_url(s.redis_url)

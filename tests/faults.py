@@ -63,12 +63,14 @@ class HistoryCheck:
     unexpected: int
     duplicates: int
     rollup_pings: int
+    rollup_mismatches: int  # minutes or (minute, driver) pairs the rollups get wrong
 
     @property
     def exact(self) -> bool:
         return (
             self.rows == self.accepted == self.distinct == self.rollup_pings
             and self.missing == self.unexpected == self.duplicates == 0
+            and self.rollup_mismatches == 0
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -86,7 +88,7 @@ def check_history(conn: psycopg.Connection, accepted: set[Key]) -> HistoryCheck:
     """Compare by key, not by count: which accepted pings are missing, which rows were
     never accepted, and how many rows are second copies."""
     found = stored_keys(conn)
-    rollup = conn.execute("SELECT coalesce(sum(pings), 0)::bigint FROM ping_minutes").fetchone()
+    rollup = conn.execute("SELECT coalesce(sum(pings), 0)::bigint FROM minute_stats").fetchone()
     return HistoryCheck(
         accepted=len(accepted),
         rows=sum(found.values()),
@@ -95,7 +97,30 @@ def check_history(conn: psycopg.Connection, accepted: set[Key]) -> HistoryCheck:
         unexpected=len(found.keys() - accepted),
         duplicates=sum(n - 1 for n in found.values() if n > 1),
         rollup_pings=int(rollup[0]) if rollup else 0,
+        rollup_mismatches=rollup_mismatches(conn),
     )
+
+
+_ROLLUP_MISMATCHES = """
+WITH per_minute AS (
+    SELECT date_trunc('minute', ts, 'UTC') AS minute, count(*) AS pings,
+           count(DISTINCT driver_id) AS drivers
+    FROM pings GROUP BY 1
+), pairs AS (
+    SELECT DISTINCT date_trunc('minute', ts, 'UTC') AS minute, driver_id FROM pings
+)
+SELECT (SELECT count(*) FROM per_minute p FULL JOIN minute_stats s ON s.minute = p.minute
+        WHERE p.pings IS DISTINCT FROM s.pings OR p.drivers IS DISTINCT FROM s.drivers)
+     + (SELECT count(*) FROM pairs p FULL JOIN driver_minutes d
+        ON d.minute = p.minute AND d.driver_id = p.driver_id
+        WHERE p.driver_id IS NULL OR d.driver_id IS NULL)
+"""
+
+
+def rollup_mismatches(conn: psycopg.Connection) -> int:
+    """The rollups recomputed from ``pings`` against the stored ones: 0 when exact."""
+    row = conn.execute(_ROLLUP_MISMATCHES).fetchone()
+    return int(row[0]) if row else -1
 
 
 def row_count(conn: psycopg.Connection) -> int:

@@ -13,7 +13,7 @@ from app.ping import Ping
 from app.postgis_sink import COPY_SQL, encode_copy
 from replay.rollups import write_rollups
 
-ROLLUP_TABLES = "pings, ping_minutes, minute_stats"
+ROLLUP_TABLES = "pings, driver_minutes, minute_stats"
 
 
 def ms(dt: datetime) -> int:

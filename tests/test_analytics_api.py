@@ -53,7 +53,7 @@ DATA = [
 @pytest.fixture(scope="module")
 def analytics_settings(base_settings: Settings, database_url: str) -> Settings:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE pings, ping_minutes")
+        conn.execute("TRUNCATE pings, driver_minutes")
         conn.execute("SELECT heatreplay_ensure_day_partition('2026-11-20')")
         with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
             copy.write(encode_copy(DATA))

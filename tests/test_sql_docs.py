@@ -84,7 +84,7 @@ def cell(value: Any) -> str:
 @pytest.fixture(scope="module")
 def sample_db(database_url: str) -> Iterator[str]:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE pings, ping_minutes")
+        conn.execute("TRUNCATE pings, driver_minutes, minute_stats")
         for day in DAYS:
             conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,))
         with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
@@ -149,7 +149,8 @@ WRITES = [
     "UPDATE pings SET driver_id = 'x'",
     "UPDATE pings_20261118 SET speed_kmh = 0",
     "DELETE FROM pings",
-    "DELETE FROM ping_minutes",
+    "DELETE FROM driver_minutes",
+    "DELETE FROM minute_stats",
     "TRUNCATE pings",
     "TRUNCATE pings_20261116",
     "DROP TABLE pings",
@@ -162,7 +163,7 @@ WRITES = [
     "UPDATE sink_offsets SET next_offset = 0",
     # a GRANT by a non-owner only warns ("no privileges were granted"): the INSERT fails
     "GRANT INSERT ON pings TO heatreplay_analyst; "
-    "INSERT INTO ping_minutes VALUES ('2026-11-20Z', 'x', 1)",
+    "INSERT INTO driver_minutes VALUES ('2026-11-20Z', 'x')",
 ]
 
 
