@@ -21,8 +21,9 @@ every batch; that upsert cost PostgreSQL as much as storing the pings
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import psycopg
 
@@ -94,10 +95,17 @@ def write_rollups(cur: psycopg.Cursor, pings: Sequence[Ping]) -> None:
 
 class MinuteRollups:
     """The sink's rollup writer: sends only (minute, driver) pairs its committed
-    transactions have not written, for the newest ``keep_minutes`` minutes it saw."""
+    transactions have not written, for the newest ``keep_minutes`` minutes it saw.
 
-    def __init__(self, keep_minutes: int = 3) -> None:
+    Minutes ahead of the clock (pings may be up to 5 minutes early: a driver's clock
+    runs fast) are not remembered: a few such drivers would otherwise push the current
+    minute out of the memory. Their pairs are sent again and skipped by the key."""
+
+    def __init__(
+        self, keep_minutes: int = 3, clock_ms: Callable[[], float] = lambda: time.time() * 1000
+    ) -> None:
         self.keep_minutes = keep_minutes
+        self._clock_ms = clock_ms
         self._written: Pairs = {}
 
     def write(self, cur: psycopg.Cursor, pings: Sequence[Ping]) -> Pairs:
@@ -112,8 +120,10 @@ class MinuteRollups:
         return pairs
 
     def committed(self, pairs: Pairs) -> None:
+        now_minute = int(self._clock_ms()) // 60_000
         for m, drivers in pairs.items():
-            self._written.setdefault(m, set()).update(drivers)
+            if m <= now_minute:
+                self._written.setdefault(m, set()).update(drivers)
         if len(self._written) > self.keep_minutes:
             for m in sorted(self._written)[: -self.keep_minutes]:
                 del self._written[m]

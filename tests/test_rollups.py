@@ -143,3 +143,21 @@ def test_two_members_writing_one_minute_count_each_driver_once(db, database_url)
         _write(other, two, _fleet(T0, ["a", "b", "c", "d"], 3))
     assert _rollups(db)[1] == {T0 // 60_000: (12, 4)}
     assert rollup_mismatches(db) == 0
+
+
+def test_minutes_ahead_of_the_clock_do_not_push_the_current_one_out(db):
+    truncate(db)
+    ensure_days(db, T0, T0 + 600_000)
+    m0 = T0 // 60_000 * 60_000
+    rollups = MinuteRollups(keep_minutes=2, clock_ms=lambda: m0 + 30_000)
+    _write(db, rollups, _fleet(m0 - 60_000, ["a"], 0))
+    _write(db, rollups, _fleet(m0, ["a", "b"], 0))
+    # drivers whose clocks run 1-4 minutes fast
+    for k in (1, 2, 3, 4):
+        assert _write(db, rollups, _fleet(m0 + k * 60_000, [f"fast{k}"], 0))
+    assert _write(db, rollups, _fleet(m0, ["a", "b"], 1)) == {m0 // 60_000: set()}
+    assert _write(db, rollups, _fleet(m0 + 60_000, ["fast1"], 1)) == {
+        m0 // 60_000 + 1: {"fast1"}  # not remembered: sent again, skipped by the key
+    }
+    assert rollups.remembered() == 3
+    assert rollup_mismatches(db) == 0
