@@ -132,6 +132,33 @@ def test_replaying_a_batch_changes_nothing(live):
     assert {p: live.cells(p, T0 + 10) for p in PRECISIONS} == before
 
 
+@pytest.mark.parametrize("odd_id", ["tab\there", "new\nline", ""])
+def test_ids_the_packed_batch_cannot_carry_take_the_other_form(live, odd_id):
+    """The script takes a batch as one packed string ("driver\\tts\\tvalue" lines) or,
+    when an id holds a separator, as three arguments per driver: same state either way.
+    (The API refuses such ids; a raw producer's message can still carry one.)"""
+    rng = random.Random(3)
+    pings = fleet(rng, "p", 300, 6.45, 3.3, 0.2)
+    moved = [Ping(p.driver_id, p.lat + 0.01, p.lon, T0 + 500, 90.0, 30.0) for p in pings[:120]]
+    odd = Ping(odd_id, 6.5, 3.35, T0 + 700, None, 12.5)
+    live.apply(pings, now_ms=T0 + 1_000)
+    live.apply([*moved, odd], now_ms=T0 + 1_000)
+    got = {p: live.cells(p, T0 + 1_000) for p in PRECISIONS}
+    latest = {p.driver_id: p for p in [*pings, *moved, odd]}
+    assert got == {p: brute(latest, T0 + 1_000, p) for p in PRECISIONS}
+    assert live.driver(odd_id) == DriverState(
+        odd.ts, geohash.encode(6.5, 3.35, 8), 6.5, 3.35, 12.5, None
+    )
+    assert live.driver(moved[0].driver_id) == DriverState(
+        moved[0].ts,
+        geohash.encode(moved[0].lat, moved[0].lon, 8),
+        round(moved[0].lat, 6),
+        round(moved[0].lon, 6),
+        30.0,  # heading
+        90.0,  # speed
+    )
+
+
 @hsettings(max_examples=200, deadline=None)
 @given(
     st.floats(-179.0, 178.0),
