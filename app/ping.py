@@ -21,7 +21,13 @@ try:  # the C extension python-geohash ships; the pure-Python wrapper is the fal
 except ImportError:  # pragma: no cover
     _c_encode = lambda lat, lon: geohash.encode(lat, lon, 12)  # noqa: E731
 
-DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+# driver_id: 1-64 of A-Z a-z 0-9 . _ : -. Checked for a whole request at once by
+# ``bad_driver_ids`` (one regex pass over the joined ids) rather than by msgspec per ping:
+# parse 2.84 -> 1.21 ms per 5,000 pings (docs/performance.md, sixth round).
+_DRIVER_ID = r"[A-Za-z0-9._:-]{1,64}"
+_ONE_ID = re.compile(_DRIVER_ID)
+_ALL_IDS = re.compile(rf"{_DRIVER_ID}(?:\n{_DRIVER_ID})*")
+DRIVER_ID_MESSAGE = f"Expected `str` matching regex '^{_DRIVER_ID}$'"
 Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
 Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
 Speed = Annotated[float, msgspec.Meta(ge=0.0)]
@@ -36,7 +42,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class PingIn(msgspec.Struct, forbid_unknown_fields=True):
     """A ping as a client sends it (SPEC "The ping")."""
 
-    driver_id: DriverId
+    driver_id: str  # checked by bad_driver_ids
     lat: Lat
     lon: Lon
     ts: AwareTime | EpochMs | None = None
@@ -170,10 +176,14 @@ def _validate_items(items: list[Any]) -> list[PingIn]:
     problems: list[Problem] = []
     for index, item in enumerate(items):
         try:
-            pings.append(msgspec.convert(item, PingIn))
+            ping = msgspec.convert(item, PingIn)
         except msgspec.ValidationError as exc:
             message = str(exc)
             problems.append(Problem(index, _field_of(message), _clean(message)))
+            continue
+        pings.append(ping)
+        if not _ONE_ID.fullmatch(ping.driver_id):
+            problems.append(Problem(index, "driver_id", DRIVER_ID_MESSAGE))
     if problems:
         raise InvalidPings(problems)
     return pings
@@ -183,9 +193,13 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
     """Apply the time rules (missing ts = now; more than the tolerance ahead is rejected)
     and return wire pings. Raises InvalidPings listing every offending item."""
     out: list[Ping] = []
-    problems: list[Problem] = []
+    bad_ids = bad_driver_ids(pings)
+    problems = [Problem(i, "driver_id", DRIVER_ID_MESSAGE) for i in bad_ids]
+    skip = set(bad_ids)  # one problem per ping, as the per-item path reports them
     limit = now_ms + future_tolerance_ms
     for index, p in enumerate(pings):
+        if index in skip:
+            continue
         ts = now_ms if p.ts is None else to_epoch_ms(p.ts)
         if ts > limit:
             problems.append(Problem(index, "ts", "more than 5 minutes in the future"))
@@ -195,8 +209,18 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
             continue
         out.append(Ping(p.driver_id, p.lat, p.lon, ts, p.speed_kmh, p.heading))
     if problems:
-        raise InvalidPings(problems)
+        raise InvalidPings(sorted(problems, key=lambda p: p.index))
     return out
+
+
+def bad_driver_ids(pings: list[PingIn]) -> list[int]:
+    """Indexes of the pings whose driver_id breaks the SPEC rule, in one regex pass over
+    the joined ids when they are all fine (the usual case)."""
+    ids = [p.driver_id for p in pings]
+    joined = "\n".join(ids)
+    if joined.count("\n") == len(ids) - 1 and _ALL_IDS.fullmatch(joined):
+        return []
+    return [i for i, d in enumerate(ids) if not _ONE_ID.fullmatch(d)]
 
 
 def encode_wire(ping: Ping) -> bytes:

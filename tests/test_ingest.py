@@ -4,14 +4,19 @@ produce nothing."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app import create_app
 from app.auth import mint_token
+from app.ping import PingIn, bad_driver_ids
 from app.settings import Settings
 from tests.conftest import free_port, read_topic
 
@@ -145,3 +150,25 @@ def test_broker_unavailable_is_503_with_retry_after(settings: Settings):
         assert int(r.headers["Retry-After"]) >= 1
     finally:
         app.extensions["heatreplay"].close()
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet="aZ09._:-\n é\x00", max_size=66)
+        | st.text(alphabet="ab", min_size=63, max_size=66),
+        max_size=30,
+    )
+)
+def test_driver_ids_checked_in_bulk_flag_exactly_the_bad_ones(ids):
+    """The one-pass check over the joined ids agrees with the SPEC rule applied to each
+    id, also for ids holding the join's own separator."""
+    pings = [PingIn(d, 6.5, 3.4) for d in ids]
+    rule = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+    assert bad_driver_ids(pings) == [i for i, d in enumerate(ids) if not rule.fullmatch(d)]
+
+
+def test_an_id_holding_a_newline_is_422(client, ingest_headers):
+    r = post(client, ingest_headers, [ping("ok-1"), ping(driver="a\nb"), ping("ok-2")])
+    assert r.status_code == 422
+    assert [(d["index"], d["field"]) for d in r.get_json()["details"]] == [(1, "driver_id")]
