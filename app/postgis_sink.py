@@ -206,6 +206,9 @@ class PostgisSink:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        # the server we reconnect to may not be the one that has those pairs (a restore,
+        # a fail-over to a lagging standby): start the memory afresh, the key decides
+        self._rollups.forget()
 
     def _write_retrying(
         self, consumer: Consumer, messages: list[Message], dead: DeadLetters

@@ -84,3 +84,33 @@ def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, ru
     assert check.exact, check.as_dict()
     assert sink.stats.db_retries >= 1
     producer.close()
+
+
+def test_a_sink_that_lost_its_connection_writes_its_rollup_pairs_again(
+    settings, db, run_in_background
+):
+    """The sink skips (minute, driver) pairs it remembers writing. After a lost
+    connection it may be talking to a server without them (a restore, a fail-over to a
+    lagging standby), so it forgets and lets the key decide."""
+    sink = PostgisSink(settings.with_(sink_batch_wait_s=0.2))
+    run_in_background(sink)
+    producer = PingProducer(settings)
+    minute = (int(time.time() * 1000) - 120_000) // 60_000 * 60_000
+    first = keyed_pings(50, base_ts=minute)
+    produce(producer, first)
+    wait_until(lambda: stored_position(db, settings) >= 50, timeout=30)
+    assert db.execute("SELECT count(*) FROM driver_minutes").fetchone()[0] == 50
+    db.execute("DELETE FROM driver_minutes")  # the pairs the sink remembers are gone
+    killed = db.execute(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s",
+        (SINK_APPLICATION_NAME,),
+    ).fetchone()[0]
+    assert killed == 1
+    # the same 50 drivers again, later in the same minute
+    produce(producer, keyed_pings(50, start=0, base_ts=minute + 1_000))
+    wait_until(lambda: stored_position(db, settings) >= 100, timeout=30)
+    sink.stop.set()
+    producer.close()
+    assert sink.stats.db_retries >= 1
+    assert db.execute("SELECT count(*) FROM driver_minutes").fetchone()[0] == 50
