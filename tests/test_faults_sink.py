@@ -29,6 +29,16 @@ KILLS = int(os.environ.get("FAULT_KILLS", "5"))
 SEED = int(os.environ.get("FAULT_SEED", "6"))
 
 
+def cut_sink_connections(db) -> int:
+    """PostgreSQL ends every sink connection to this database; returns how many."""
+    row = db.execute(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s",
+        (SINK_APPLICATION_NAME,),
+    ).fetchone()
+    return int(row[0])
+
+
 def test_sigkill_the_sink_repeatedly_loses_and_doubles_nothing(settings, db):
     # short sessions so a restarted member is assigned soon after its killed predecessor
     s = settings.with_(kafka_session_timeout_ms=2000, sink_batch_wait_s=0.2)
@@ -67,12 +77,7 @@ def test_postgres_cutting_the_sink_off_mid_stream_loses_nothing(settings, db, ru
     wait_until(lambda: stored_position(db, settings) > 0, timeout=30)
     cuts = 0
     while cuts < 4 and feeder.is_alive():
-        killed = db.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = %s",
-            (SINK_APPLICATION_NAME,),
-        ).fetchone()[0]
-        cuts += int(killed)
+        cuts += cut_sink_connections(db)
         time.sleep(0.3)
     assert cuts == 4, f"only {cuts} sink connections cut while pings flowed"
     feeder.join(60)
@@ -101,12 +106,7 @@ def test_a_sink_that_lost_its_connection_writes_its_rollup_pairs_again(
     wait_until(lambda: stored_position(db, settings) >= 50, timeout=30)
     assert db.execute("SELECT count(*) FROM driver_minutes").fetchone()[0] == 50
     db.execute("DELETE FROM driver_minutes")  # the pairs the sink remembers are gone
-    killed = db.execute(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = %s",
-        (SINK_APPLICATION_NAME,),
-    ).fetchone()[0]
-    assert killed == 1
+    assert cut_sink_connections(db) == 1
     # the same 50 drivers again, later in the same minute
     produce(producer, keyed_pings(50, start=0, base_ts=minute + 1_000))
     wait_until(lambda: stored_position(db, settings) >= 100, timeout=30)
