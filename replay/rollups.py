@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 
@@ -128,14 +128,10 @@ class MinuteRollups:
             for m in sorted(self._written)[: -self.keep_minutes]:
                 del self._written[m]
 
-    def forget(self, minutes: Iterable[int] | None = None) -> None:
-        """Drop the memory (all of it, or of ``minutes``): the next batches send those
-        pairs again and the key skips the ones that exist."""
-        if minutes is None:
-            self._written.clear()
-            return
-        for m in minutes:
-            self._written.pop(m, None)
+    def forget(self) -> None:
+        """Drop the memory: the next batches send their pairs again and the key skips
+        the ones that exist."""
+        self._written.clear()
 
     def remembered(self) -> int:
         return sum(len(ds) for ds in self._written.values())
