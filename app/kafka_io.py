@@ -60,10 +60,18 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 # live worker; docs/performance.md, fifth round).
 FETCH_WAIT_LIVE_MS = 50
 FETCH_WAIT_DEFAULT_MS = 500
+# The sink asks the broker to hold a fetch until 256 KiB (~2,000 pings) are there, or the
+# wait above: a consumer that keeps up otherwise fetches every few milliseconds a few
+# pings at a time. At 70k pings/s the dev broker went 34-36 % -> 27 % of a core and 70k/s
+# kept up (docs/performance.md, sixth round). History waits at most the 500 ms more.
+FETCH_MIN_BYTES_SINK = 256 * 1024
 
 
 def consumer_config(
-    settings: Settings, group_id: str, fetch_wait_max_ms: int = FETCH_WAIT_DEFAULT_MS
+    settings: Settings,
+    group_id: str,
+    fetch_wait_max_ms: int = FETCH_WAIT_DEFAULT_MS,
+    fetch_min_bytes: int = 1,
 ) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
@@ -78,6 +86,7 @@ def consumer_config(
         "fetch.max.bytes": 100 * 1024 * 1024,
         "queued.min.messages": 1_000_000,
         "fetch.wait.max.ms": fetch_wait_max_ms,
+        "fetch.min.bytes": fetch_min_bytes,
         "partition.assignment.strategy": "range",
         "reconnect.backoff.max.ms": 1000,
     }

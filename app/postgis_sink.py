@@ -28,7 +28,13 @@ from psycopg.copy import QueuedLibpqWriter
 from app import metrics
 from app.backoff import Backoff
 from app.dead_letter import DeadLetters
-from app.kafka_io import BrokerUnavailable, OffsetProbe, consume_batch, consumer_config
+from app.kafka_io import (
+    FETCH_MIN_BYTES_SINK,
+    BrokerUnavailable,
+    OffsetProbe,
+    consume_batch,
+    consumer_config,
+)
 from app.ping import Ping, geohash8, wire_decoder
 from app.settings import Settings
 from replay.rollups import MinuteRollups, Pairs
@@ -151,7 +157,9 @@ class PostgisSink:
         abandoned: its offsets were never stored, so the next run reads it again), the
         last offsets are committed synchronously and the consumer leaves its group."""
         settings = self.settings
-        consumer = Consumer(consumer_config(settings, settings.group_sink))
+        consumer = Consumer(
+            consumer_config(settings, settings.group_sink, fetch_min_bytes=FETCH_MIN_BYTES_SINK)
+        )
         dead = DeadLetters(settings, source="postgis_sink")
         try:
             consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
