@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from app.errors import ApiError, InvalidParameter
+from app.ping import DRIVER_ID
 from app.settings import Settings
 from replay.heat import BBox, ViewError, parse_bbox, parse_precision, parse_time_ms
 
-DRIVER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 AREA_TYPES = ("Polygon", "MultiPolygon")
 
 

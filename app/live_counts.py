@@ -361,15 +361,20 @@ class LiveCounts:
         """Apply a batch in one script call; returns how many drivers changed cell
         (including those expired). Pings older than the window are ignored."""
         latest = latest_per_driver(pings)
-        lines = [f"{d}\t{ts}\t{stored_value(ts, gh, p)}" for d, (ts, gh, p) in latest.items()]
-        args: list[str | int] = ["\n".join(lines)]
-        if not lines or any("\t" in d or "\n" in d for d in latest):
-            # one argument per field (an id the packed lines could not carry); packing
-            # the batch into one string saved the worker ~0.7 us per driver (redis-py
-            # encodes every argument; docs/performance.md, sixth round)
-            args = []
-            for driver, (ts, gh, ping) in latest.items():
-                args += [driver, ts, stored_value(ts, gh, ping)]
+        args: list[str | int]
+        if latest and not any("\t" in d or "\n" in d for d in latest):
+            # one "driver\tts\tvalue" line per driver in one argument: redis-py encodes
+            # every argument, and three per driver cost the worker ~0.7 us more per
+            # driver (docs/performance.md, sixth round)
+            args = [
+                "\n".join(
+                    f"{d}\t{ts}\t{stored_value(ts, gh, p)}" for d, (ts, gh, p) in latest.items()
+                )
+            ]
+        else:  # an id the packed lines could not carry: three arguments per driver
+            args = [
+                x for d, (ts, gh, p) in latest.items() for x in (d, ts, stored_value(ts, gh, p))
+            ]
         changed, _, _, updated = self._run(now_ms, 0, args)
         if changed or updated:
             # a driver moving inside its cell changes no count but does move its marker
