@@ -45,17 +45,21 @@ COUNTED = range(1, 7)
 # (driver_id, geohash-8 cell, lat, lon, heading or None)
 MarkerCandidate = tuple[str, str, float, float, float | None]
 
-_LUA = """local cutoff = tonumber(ARGV[1])
+_LUA = """-- library functions as locals: otherwise each call is a global and a field lookup
+local call, unpack, min, tonumber = redis.call, unpack, math.min, tonumber
+local sub, byte, find, gmatch = string.sub, string.byte, string.find, string.gmatch
+
+local cutoff = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
-local stored = tonumber(redis.call('GET', KEYS[3]) or '-1')
+local stored = tonumber(call('GET', KEYS[3]) or '-1')
 if stored >= cutoff then
   cutoff = stored
 else
-  redis.call('SET', KEYS[3], ARGV[1])
+  call('SET', KEYS[3], ARGV[1])
 end
 
 -- drivers per geohash-6 cell, for markers at street zoom ({p}:m:<gh6>, same hash tag)
-local mprefix = string.sub(KEYS[1], 1, -4) .. 'm:'
+local mprefix = sub(KEYS[1], 1, -4) .. 'm:'
 -- count changes summed per (precision, cell) and applied once each at the end
 -- counted precisions: KEYS[4 ..] are their hashes (1..6; finer ones are read from drv)
 local counted = #KEYS - 3
@@ -73,33 +77,33 @@ end
 local function bulk(cmd, key, t, n)
   local i = 1
   while i <= n do
-    local j = math.min(n, i + 3999)
-    redis.call(cmd, key, unpack(t, i, j))
+    local j = min(n, i + 3999)
+    call(cmd, key, unpack(t, i, j))
     i = j + 1
   end
 end
 
 local changed, updated = 0, 0
 -- drivers whose latest ping left the window
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+local gone = call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 if #gone > 0 then
   local vals = {}
   for i = 1, #gone, 4000 do
-    local part = redis.call('HMGET', KEYS[1], unpack(gone, i, math.min(#gone, i + 3999)))
+    local part = call('HMGET', KEYS[1], unpack(gone, i, min(#gone, i + 3999)))
     for j = 1, #part do vals[i + j - 1] = part[j] end
   end
   for i, d in ipairs(gone) do
     local v = vals[i]
     if v then
-      local c = string.find(v, ':', 1, true)
-      local gh = string.sub(v, c + 1, c + 8)
-      for p = 1, counted do move(p, string.sub(gh, 1, p), -1) end
-      mark(mrem, string.sub(gh, 1, 6), d)
+      local c = find(v, ':', 1, true)
+      local gh = sub(v, c + 1, c + 8)
+      for p = 1, counted do move(p, sub(gh, 1, p), -1) end
+      mark(mrem, sub(gh, 1, 6), d)
       changed = changed + 1
     end
   end
   bulk('HDEL', KEYS[1], gone, #gone)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+  call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
 end
 
 -- the batch: driver, ts, value ("<ts>:<geohash8>:<lat>,<lon>,<heading>,<speed>") per
@@ -109,7 +113,7 @@ end
 -- per driver)
 local D, T, V, n = {}, {}, {}, 0
 if #ARGV == 3 then
-  for d, ts_s, val in string.gmatch(ARGV[3], '([^\\t\\n]*)\\t([^\\t\\n]*)\\t([^\\n]*)') do
+  for d, ts_s, val in gmatch(ARGV[3], '([^\\t\\n]*)\\t([^\\t\\n]*)\\t([^\\n]*)') do
     n = n + 1; D[n] = d; T[n] = ts_s; V[n] = val
   end
 else
@@ -120,7 +124,7 @@ end
 -- key cost more than the script's own work
 local olds = {}
 for i = 1, n, 4000 do
-  local part = redis.call('HMGET', KEYS[1], unpack(D, i, math.min(n, i + 3999)))
+  local part = call('HMGET', KEYS[1], unpack(D, i, min(n, i + 3999)))
   for j = 1, #part do olds[i + j - 1] = part[j] end
 end
 local hset, zadd, nh, nz = {}, {}, 0, 0
@@ -128,29 +132,35 @@ for j = 1, n do
   local d, ts_s, val = D[j], T[j], V[j]
   local ts = tonumber(ts_s)
   if ts > cutoff then
-    local gh = string.sub(val, #ts_s + 2, #ts_s + 9)
+    local gh = sub(val, #ts_s + 2, #ts_s + 9)
     local v = olds[j]
     local old_ts, old_gh = nil, nil
     if v then
-      local c = string.find(v, ':', 1, true)
-      old_ts = tonumber(string.sub(v, 1, c - 1))
-      old_gh = string.sub(v, c + 1, c + 8)
+      local c = find(v, ':', 1, true)
+      old_ts = tonumber(sub(v, 1, c - 1))
+      old_gh = sub(v, c + 1, c + 8)
     end
     if (not old_ts) or ts > old_ts or (ts == old_ts and gh > old_gh) then
       updated = updated + 1
       nh = nh + 1; hset[nh] = d; nh = nh + 1; hset[nh] = val
       nz = nz + 1; zadd[nz] = ts_s; nz = nz + 1; zadd[nz] = d
       if old_gh ~= gh then
-        -- the first precision whose cell differs (no substrings for the shared prefix)
+        -- the first precision whose cell differs; most moves stay inside their
+        -- geohash-6 cell, which one comparison of two substrings settles
         local k = 1
         if old_gh then
-          while k <= 8 and string.byte(old_gh, k) == string.byte(gh, k) do k = k + 1 end
-          if k <= 6 then mark(mrem, string.sub(old_gh, 1, 6), d) end
+          local old6 = sub(old_gh, 1, 6)
+          if old6 == sub(gh, 1, 6) then
+            k = 7
+          else
+            while byte(old_gh, k) == byte(gh, k) do k = k + 1 end
+            mark(mrem, old6, d)
+          end
         end
-        if k <= 6 then mark(madd, string.sub(gh, 1, 6), d) end
+        if k <= 6 then mark(madd, sub(gh, 1, 6), d) end
         for p = k, counted do
-          if old_gh then move(p, string.sub(old_gh, 1, p), -1) end
-          move(p, string.sub(gh, 1, p), 1)
+          if old_gh then move(p, sub(old_gh, 1, p), -1) end
+          move(p, sub(gh, 1, p), 1)
         end
         changed = changed + 1
       end
@@ -165,20 +175,20 @@ for p = 1, counted do
   local key = KEYS[3 + p]
   local zero, nzero = {}, 0
   for cell, by in pairs(delta[p]) do
-    if by ~= 0 and redis.call('HINCRBY', key, cell, by) <= 0 then
+    if by ~= 0 and call('HINCRBY', key, cell, by) <= 0 then
       nzero = nzero + 1; zero[nzero] = cell
     end
   end
   bulk('HDEL', key, zero, nzero)
 end
 
-local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local oldest = call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local oldest_ts = oldest[2] or ''
 if want > counted then
   -- a finer precision: every active driver's value, counted by the caller
-  return {changed, redis.call('HGETALL', KEYS[1]), oldest_ts, updated}
+  return {changed, call('HGETALL', KEYS[1]), oldest_ts, updated}
 elseif want > 0 then
-  return {changed, redis.call('HGETALL', KEYS[3 + want]), oldest_ts, updated}
+  return {changed, call('HGETALL', KEYS[3 + want]), oldest_ts, updated}
 end
 return {changed, {}, oldest_ts, updated}
 """
