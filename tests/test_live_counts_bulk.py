@@ -21,6 +21,8 @@ from app.live_counts import (
     cells6_covering,
     cells6_covering_all,
     latest_per_driver,
+    packed_lines,
+    stored_value,
 )
 from app.ping import Ping
 from replay.heat import BBox, View, build_frame, cell_bounds
@@ -234,6 +236,41 @@ def test_a_batch_keeps_each_drivers_newest_ping_ties_to_the_larger_geohash():
         ((ts, cell, ping),) = latest_per_driver(order).values()
         assert (ts, ping) == (T0 + 5, high) and cell == geohash.encode(high.lat, high.lon, 8)
     assert latest_per_driver([low, older])["t"][2] is low
+
+
+_optional = st.one_of(st.none(), st.floats(0, 359.99), st.integers(0, 359))
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[A-Za-z0-9._:-]{1,12}", fullmatch=True),
+            st.integers(0, 253_402_300_799_999),
+            st.floats(-90, 90, exclude_max=True),
+            st.floats(-180, 180, exclude_max=True),
+            _optional,
+            st.one_of(st.none(), st.floats(0, 400), st.integers(0, 400)),
+        ),
+        max_size=20,
+    )
+)
+def test_packed_lines_carry_exactly_what_stored_value_writes(rows):
+    """The packed batch formats its lines in one go; they must hold the very values the
+    three-argument form stores (and DriverState must read them back)."""
+    pings = [Ping(d, lat, lon, ts, speed, heading) for d, ts, lat, lon, heading, speed in rows]
+    latest = latest_per_driver(pings)
+    lines = packed_lines(latest).split("\n") if latest else []
+    expected = [f"{d}\t{ts}\t{stored_value(ts, gh, p)}" for d, (ts, gh, p) in latest.items()]
+    assert lines == expected
+    for line in lines:
+        _, ts, value = line.split("\t")
+        state = DriverState.parse(value)
+        ping = latest[line.split("\t")[0]][2]
+        assert state.ts == int(ts) == ping.ts
+        assert (state.heading is None) == (ping.heading is None)
+        assert (state.speed_kmh is None) == (ping.speed_kmh is None)
+        assert abs(state.lat - ping.lat) <= 5e-7 and abs(state.lon - ping.lon) <= 5e-7
 
 
 def test_wipe_also_removes_the_earlier_layouts_keys(live):
