@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -31,7 +32,10 @@ _ALL_IDS = re.compile(rf"{_DRIVER_ID}(?:\n{_DRIVER_ID})*")
 DRIVER_ID_MESSAGE = f"Expected `str` matching regex '^{_DRIVER_ID}$'"
 Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
 Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
-Speed = Annotated[float, msgspec.Meta(ge=0.0)]
+# speed and heading are stored as PostgreSQL real: a larger speed cannot be stored (the
+# sink's encoder raised on it and stopped, the batch unwritable, until this bound)
+FLOAT4_MAX = 3.4028234663852886e38
+Speed = Annotated[float, msgspec.Meta(ge=0.0, le=FLOAT4_MAX)]
 Heading = Annotated[float, msgspec.Meta(ge=0.0, lt=360.0)]
 # epoch milliseconds; the upper bound keeps datetime conversion in range (year 9999)
 EpochMs = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
@@ -52,14 +56,19 @@ class PingIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Ping(msgspec.Struct, omit_defaults=True):
-    """The validated ping as it travels through Kafka: ts always present, epoch ms."""
+    """The validated ping as it travels through Kafka: ts always present, epoch ms.
+
+    Decoding it checks the ranges again (a message need not come from our API), so a
+    value no consumer could store or count is dead-lettered rather than stopping the
+    consumer on every retry; the consumers check ``driver_id`` in bulk
+    (``bad_driver_ids``)."""
 
     driver_id: str
-    lat: float
-    lon: float
-    ts: int
-    speed_kmh: float | None = None
-    heading: float | None = None
+    lat: Lat
+    lon: Lon
+    ts: EpochMs
+    speed_kmh: Speed | None = None
+    heading: Heading | None = None
 
 
 class PingBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -214,7 +223,7 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
     return out
 
 
-def bad_driver_ids(pings: list[PingIn]) -> list[int]:
+def bad_driver_ids(pings: Sequence[PingIn] | Sequence[Ping]) -> list[int]:
     """Indexes of the pings whose driver_id breaks the SPEC rule, in one regex pass over
     the joined ids when they are all fine (the usual case)."""
     ids = [p.driver_id for p in pings]

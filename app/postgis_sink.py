@@ -36,7 +36,7 @@ from app.kafka_io import (
     consume_batch,
     consumer_config,
 )
-from app.ping import Ping, geohash8, wire_decoder
+from app.ping import DRIVER_ID_MESSAGE, Ping, bad_driver_ids, geohash8, wire_decoder
 from app.settings import Settings
 from replay.rollups import MinuteRollups, Pairs
 
@@ -104,18 +104,26 @@ def copy_pings(cur: psycopg.Cursor, pings: Sequence[Ping], chunk: int = 2_000) -
 
 def decode_batch(messages: Sequence[Message]) -> list[Ping | str]:
     """Decode all values at once; on failure decode one by one. Each item is the Ping
-    or, for a message that cannot be decoded, the reason."""
+    or, for a message that cannot be decoded or breaks the ping's rules (ranges, the
+    driver_id pattern), the reason."""
     values = [m.value() or b"" for m in messages]
     try:
-        return list(_batch_decoder.decode(b"[" + b",".join(values) + b"]"))
+        every: list[Ping] = _batch_decoder.decode(b"[" + b",".join(values) + b"]")
+        bad = bad_driver_ids(every)
+        if not bad:
+            return list(every)
+        out: list[Ping | str] = list(every)
     except msgspec.DecodeError:
-        pass
-    out: list[Ping | str] = []
-    for value in values:
-        try:
-            out.append(wire_decoder.decode(value))
-        except msgspec.DecodeError as exc:
-            out.append(str(exc))
+        out = []
+        for value in values:
+            try:
+                out.append(wire_decoder.decode(value))
+            except msgspec.DecodeError as exc:
+                out.append(str(exc))
+        where = [i for i, item in enumerate(out) if isinstance(item, Ping)]
+        bad = [where[i] for i in bad_driver_ids([cast(Ping, out[i]) for i in where])]
+    for index in bad:
+        out[index] = f"driver_id: {DRIVER_ID_MESSAGE}"
     return out
 
 

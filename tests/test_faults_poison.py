@@ -22,6 +22,11 @@ POISON = [
     b'{"driver_id": "d", "lat": 6.5',
     b'{"driver_id": "no-ts", "lat": 6.5, "lon": 3.4}',
     b"",
+    # well-formed JSON no consumer can store or count (a producer other than our API):
+    # the sink's encoder raised on these and stopped, the same batch failing every retry
+    b'{"driver_id": "fast", "lat": 6.5, "lon": 3.4, "ts": 3, "speed_kmh": 1e39}',
+    b'{"driver_id": "north", "lat": 1000.0, "lon": 3.4, "ts": 3}',
+    b'{"driver_id": "nul\\u0000id", "lat": 6.5, "lon": 3.4, "ts": 3}',
 ]
 
 
@@ -65,6 +70,10 @@ def test_poison_goes_to_dead_letters_and_the_workers_carry_on(settings, db, run_
             assert int(record["offset"]) >= 0
     assert b"Expected `str`" in by_source["postgis_sink"][b"poison-1"]["reason"]
     assert b"ts" in by_source["postgis_sink"][b"poison-3"]["reason"]
+    for source in by_source.values():
+        assert b"speed_kmh" in source[b"poison-5"]["reason"]
+        assert b"lat" in source[b"poison-6"]["reason"]
+        assert b"driver_id" in source[b"poison-7"]["reason"]
 
     check = check_history(db, {key_of(p) for p in good})
     assert check.exact, check.as_dict()

@@ -75,6 +75,7 @@ BAD_PINGS = [
     (ping(driver="has space"), "driver_id"),
     (ping(driver="x" * 65), "driver_id"),
     (ping(speed_kmh=-1), "speed_kmh"),
+    (ping(speed_kmh=1e39), "speed_kmh"),  # finite, but no PostgreSQL real holds it
     (ping(heading=360), "heading"),
     (ping(heading=-0.5), "heading"),
     (ping(ts="2026-11-20T17:03:21"), "ts"),
