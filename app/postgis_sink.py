@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from app import metrics
 from app.backoff import Backoff
+from app.copy_rows import COPY_SQL, HEADER, TRAILER, encode_rows
 from app.dead_letter import DeadLetters
 from app.kafka_io import (
     FETCH_MIN_BYTES_SINK,
@@ -36,70 +36,24 @@ from app.kafka_io import (
     consume_batch,
     consumer_config,
 )
-from app.ping import DRIVER_ID_MESSAGE, Ping, bad_driver_ids, geohash8, wire_decoder
+from app.ping import DRIVER_ID_MESSAGE, Ping, bad_driver_ids, wire_decoder
 from app.settings import Settings
 from replay.rollups import MinuteRollups, Pairs
 
 log = logging.getLogger(__name__)
 
-PG_EPOCH_MS = 946_684_800_000  # 2000-01-01 in Unix ms: PostgreSQL's timestamp epoch
-COPY_SQL = (
-    "COPY pings (ts, driver_id, geom, geohash, speed_kmh, heading) FROM STDIN (FORMAT BINARY)"
-)
-_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_TRAILER = struct.pack("!h", -1)
-# field count, ts (len + int64 us), then EWKB point: little-endian, type|SRID flag, srid, x, y
-_ROW_START = struct.Struct("!hiq")
-_POINT = struct.Struct("!i").pack(25) + b"\x01" + struct.pack("<II", 0x20000001, 4326)
-_XY = struct.Struct("<dd")
-_FLOAT4 = struct.Struct("!if")
-_NULL = struct.pack("!i", -1)
-_LEN = struct.Struct("!i")
 EPOCH_DAY = date(1970, 1, 1)
-_GH_LEN = _LEN.pack(8)
 _batch_decoder = msgspec.json.Decoder(list[Ping])
-
-
-def encode_copy(pings: Sequence[Ping]) -> bytes:
-    """The whole binary COPY stream for ``pings`` (header, rows, trailer)."""
-    return _HEADER + encode_rows(pings) + _TRAILER
-
-
-def encode_rows(pings: Sequence[Ping]) -> bytes:
-    """Binary COPY rows for ``pings`` (geohash precision 8 computed here).
-
-    Hot path: a driver's encoded id is built once per call, and each row is five
-    appends."""
-    parts: list[bytes] = []
-    append = parts.append
-    pack_start = _ROW_START.pack
-    pack_xy = _XY.pack
-    pack_f4 = _FLOAT4.pack
-    drivers: dict[str, bytes] = {}
-    for p in pings:
-        driver = drivers.get(p.driver_id)
-        if driver is None:
-            raw = p.driver_id.encode()
-            driver = drivers[p.driver_id] = _LEN.pack(len(raw)) + raw + _POINT
-        append(pack_start(6, 8, (p.ts - PG_EPOCH_MS) * 1000))
-        append(driver)
-        append(pack_xy(p.lon, p.lat))
-        append(_GH_LEN + geohash8(p.lat, p.lon).encode())
-        append(
-            (_NULL if p.speed_kmh is None else pack_f4(4, p.speed_kmh))
-            + (_NULL if p.heading is None else pack_f4(4, p.heading))
-        )
-    return b"".join(parts)
 
 
 def copy_pings(cur: psycopg.Cursor, pings: Sequence[Ping], chunk: int = 2_000) -> None:
     """COPY ``pings`` in chunks through a queued writer: a worker thread sends chunk n
     while this one encodes chunk n+1, so PostgreSQL works while Python encodes."""
     with cur.copy(COPY_SQL, writer=QueuedLibpqWriter(cur)) as copy:
-        copy.write(_HEADER)
+        copy.write(HEADER)
         for start in range(0, len(pings), chunk):
             copy.write(encode_rows(pings[start : start + chunk]))
-        copy.write(_TRAILER)
+        copy.write(TRAILER)
 
 
 def decode_batch(messages: Sequence[Message]) -> list[Ping | str]:

@@ -18,8 +18,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from app.copy_rows import COPY_SQL, encode_copy
 from app.ping import Ping
-from app.postgis_sink import COPY_SQL, encode_copy
 from bench.load import LoadGenerator, LoadSpec
 from bench.stack import Stack, cpu_seconds
 

@@ -33,9 +33,9 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from app.auth import mint_token  # noqa: E402
+from app.copy_rows import COPY_SQL, encode_copy  # noqa: E402
 from app.db import migrate  # noqa: E402
 from app.ping import Ping  # noqa: E402
-from app.postgis_sink import COPY_SQL, encode_copy  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 from bench.stack import free_port, rss_kib  # noqa: E402
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import create_app
 from app.auth import mint_token
+from app.copy_rows import COPY_SQL, encode_copy
 from app.db import migrate
-from app.postgis_sink import COPY_SQL, encode_copy
 from app.settings import load_settings
 from app.simulate import Fleet, iter_backfill
 from bench.machine import machine

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import geohash
 import psycopg
 
+from app.copy_rows import COPY_SQL, encode_copy
 from app.ping import Ping
-from app.postgis_sink import COPY_SQL, encode_copy
 from replay.rollups import write_rollups
 
 ROLLUP_TABLES = "pings, driver_minutes, minute_stats"

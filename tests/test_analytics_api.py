@@ -18,8 +18,8 @@ import pytest
 
 from app import create_app
 from app.auth import mint_token
+from app.copy_rows import COPY_SQL, encode_copy
 from app.ping import Ping
-from app.postgis_sink import COPY_SQL, encode_copy
 from app.settings import Settings
 from tests.conftest import wait_until
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from app.copy_rows import COPY_SQL, encode_copy
 from app.ping import Ping
-from app.postgis_sink import COPY_SQL, encode_copy
 from replay.rollups import MinuteRollups, Pairs
 from tests.faults import rollup_mismatches
 from tests.replay_support import ensure_days, ms, truncate, write_history

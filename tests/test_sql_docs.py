@@ -20,9 +20,9 @@ from alembic.config import Config
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from app.copy_rows import COPY_SQL, encode_copy
 from app.db import ROOT, migrate
 from app.ping import Ping
-from app.postgis_sink import COPY_SQL, encode_copy
 from app.settings import Settings
 
 DOC = ROOT / "docs" / "sql.md"
