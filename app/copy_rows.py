@@ -6,16 +6,12 @@ NULL). The sink encodes every ping it stores, so this is a hot path.
 
 ``encode_rows`` fills a numpy record array at once when a chunk has one row layout:
 every driver id the same length in bytes, speed and heading present, and coordinates
-where the vectorised geohash is exact (below). That is what a fleet sends (one id
+where the vectorised geohash is exact. That is what a fleet sends (one id
 scheme, full pings); any other chunk takes ``encode_rows_each``, one row at a time.
 Both give the same bytes (tests/test_copy_rows.py). 20k pings: 1.46 -> 0.31 us per ping
 (docs/performance.md, seventh round).
 
-The geohash is python-geohash's: it maps x = lat / 90 (and lon / 180), in [-1, 1), to
-2**63 + x * 2**63 in 64-bit fixed point, truncating the magnitude, and interleaves the
-top bits, longitude first. For |x| >= 2**-11 the product x * 2**63 is an integer, so the
-float-to-integer conversion here is exact and equal to its; nearer the equator or the
-prime meridian (within 0.044 / 0.088 degrees) a row goes the per-row way.
+The vectorised geohash and where it is exact: app/geohash_vec.py.
 """
 
 from __future__ import annotations
@@ -24,8 +20,8 @@ import struct
 from collections.abc import Sequence
 
 import numpy as np
-import numpy.typing as npt
 
+from app.geohash_vec import geohash8_array, geohash8_exact
 from app.ping import Ping, geohash8
 
 COPY_SQL = (
@@ -43,13 +39,6 @@ _FLOAT4 = struct.Struct("!if")
 _NULL = struct.pack("!i", -1)
 _LEN = struct.Struct("!i")
 _GH_LEN = _LEN.pack(8)
-
-_BASE32 = np.frombuffer(b"0123456789bcdefghjkmnpqrstuvwxyz", dtype=np.uint8)
-_SHIFTS = np.arange(35, -1, -5, dtype=np.uint64)  # 8 characters of 5 bits from 40 bits
-_HALF = np.uint64(1 << 63)
-_EXACT = 2.0**-11
-_U = np.uint64
-Floats = npt.NDArray[np.float64]
 
 
 def encode_copy(pings: Sequence[Ping]) -> bytes:
@@ -86,45 +75,6 @@ def encode_rows_each(pings: Sequence[Ping]) -> bytes:
             + (_NULL if p.heading is None else pack_f4(4, p.heading))
         )
     return b"".join(parts)
-
-
-def geohash8_exact(
-    lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64]
-) -> npt.NDArray[np.bool_]:
-    """Where ``geohash8_array`` equals python-geohash: inside its range, and away from
-    the equator and the prime meridian (see the module docstring)."""
-    la, lo = np.abs(lat / 90.0), np.abs(lon / 180.0)
-    return (
-        (la >= _EXACT)
-        & (lo >= _EXACT)
-        & (lat >= -90.0)
-        & (lat < 90.0)
-        & (lon >= -180.0)
-        & (lon < 180.0)
-    )
-
-
-def geohash8_array(
-    lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64]
-) -> npt.NDArray[np.uint8]:
-    """Precision-8 geohashes as an (n, 8) array of ASCII codes; exact where
-    ``geohash8_exact`` holds."""
-    code = (_spread(_fixed(lon / 180.0) >> _U(44)) << _U(1)) | _spread(_fixed(lat / 90.0) >> _U(44))
-    return _BASE32[(code[:, None] >> _SHIFTS[None, :]) & _U(31)]
-
-
-def _fixed(x: Floats) -> npt.NDArray[np.uint64]:
-    magnitude = (np.abs(x) * 2.0**63).astype(np.uint64)
-    return np.where(x < 0, _HALF - magnitude, _HALF + magnitude)
-
-
-def _spread(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """The bits of x (up to 32) moved to the even positions of a 64-bit integer."""
-    x = (x | (x << _U(16))) & _U(0x0000FFFF0000FFFF)
-    x = (x | (x << _U(8))) & _U(0x00FF00FF00FF00FF)
-    x = (x | (x << _U(4))) & _U(0x0F0F0F0F0F0F0F0F)
-    x = (x | (x << _U(2))) & _U(0x3333333333333333)
-    return (x | (x << _U(1))) & _U(0x5555555555555555)
 
 
 def _rows_at_once(pings: Sequence[Ping]) -> bytes | None:

@@ -33,6 +33,7 @@ from itertools import product
 
 import redis
 
+from app.geohash_vec import geohash8_many
 from app.ping import Ping, geohash8
 from app.settings import Settings
 from replay.heat import BASE32, BBox, cover
@@ -318,7 +319,7 @@ class LiveKeys:
 def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]:
     """Keep each driver's most recent ping of a batch (ts, then geohash as tie-break):
     the script would discard the others anyway, so they never cross the wire. The
-    geohash is computed for the winners only (and for ties on ts)."""
+    geohash is computed for the winners only, all at once (and for ties on ts)."""
     best: dict[str, Ping] = {}
     get = best.get
     for ping in pings:
@@ -332,7 +333,9 @@ def latest_per_driver(pings: Iterable[Ping]) -> dict[str, tuple[int, str, Ping]]
             )
         ):
             best[ping.driver_id] = ping
-    return {d: (p.ts, geohash8(p.lat, p.lon), p) for d, p in best.items()}
+    winners = list(best.values())
+    cells = geohash8_many([p.lat for p in winners], [p.lon for p in winners])
+    return {p.driver_id: (p.ts, cell, p) for p, cell in zip(winners, cells, strict=True)}
 
 
 # the ``{p}:drv`` value, "<ts_ms>:<geohash8>:<lat>,<lon>,<heading>,<speed>" (heading and

@@ -1,5 +1,5 @@
 """The sink's binary COPY rows: the vectorised encoder writes exactly the bytes of the
-row-by-row one, its geohash is python-geohash's wherever it is used, chunks it cannot
+row-by-row one, the vectorised geohash is python-geohash's wherever it is used, chunks it cannot
 take fall back, and PostgreSQL reads the rows back as the pings they came from."""
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from app.copy_rows import (
     encode_copy,
     encode_rows,
     encode_rows_each,
-    geohash8_array,
-    geohash8_exact,
 )
+from app.geohash_vec import geohash8_array, geohash8_exact, geohash8_many
 from app.ping import FLOAT4_MAX, Ping
 
 T0 = 1_790_000_000_000
@@ -51,6 +50,15 @@ def test_vectorised_geohash_is_python_geohash_where_it_claims_to_be():
         if ok and g != geohash.encode(la, lo, 8)
     ]
     assert wrong == []
+
+
+def test_many_at_once_equals_one_by_one_everywhere():
+    rng = random.Random(4)
+    lat = [rng.uniform(-1, 1) * 0.1 for _ in range(5_000)] + [90.0, -90.0, 0.0, 45.0]
+    lon = [rng.uniform(-1, 1) * 0.2 for _ in range(5_000)] + [180.0, -180.0, 0.0, 0.0]
+    assert geohash8_many(lat, lon) == [
+        geohash.encode(a, b, 8) for a, b in zip(lat, lon, strict=True)
+    ]
 
 
 def test_the_rows_it_refuses_are_the_ones_it_cannot_encode():
