@@ -116,3 +116,14 @@ def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
     for d in by_drivers:
         assert d["drivers_in_window"] == d["drivers"]
         assert all(b > 0 for b in d["redis_live_bytes_per_round"])
+
+
+def test_the_live_script_cost_bench_counts_instructions() -> None:
+    """`python -m bench.live_script_cost` at a tiny size: a positive count, and the same
+    live state whichever run produced it (the digest covers counts and driver values)."""
+    from bench import live_script_cost
+
+    first = live_script_cost.run(drivers=300, batches=1)
+    second = live_script_cost.run(drivers=300, batches=1)
+    assert isinstance(first["instructions_per_ping"], int) and first["instructions_per_ping"] > 0
+    assert first["state_digest"] == second["state_digest"]
