@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.geohash_vec import geohash8_array, geohash8_exact
+from app.geohash_vec import geohash8_array, geohash8_exact, zorder40
 from app.ping import Ping, geohash8
 
 COPY_SQL = (
@@ -45,6 +45,17 @@ _GH_LEN = _LEN.pack(8)
 def encode_copy(pings: Sequence[Ping]) -> bytes:
     """The whole binary COPY stream for ``pings`` (header, rows, trailer)."""
     return HEADER + encode_rows(pings) + TRAILER
+
+
+def spatial_order(pings: Sequence[Ping]) -> list[Ping]:
+    """``pings`` sorted along the geohash's Z-order curve (stable: equal cells keep their
+    order). The sink COPYs a batch in this order: consecutive rows then descend the
+    SP-GiST index to the same pages, and PostgreSQL spent ~21 % less CPU per row on a
+    partition of 2-9M rows (docs/performance.md, seventh round)."""
+    lat = np.array([p.lat for p in pings], dtype=np.float64)
+    lon = np.array([p.lon for p in pings], dtype=np.float64)
+    order = np.argsort(zorder40(lat, lon), kind="stable").tolist()
+    return [pings[i] for i in order]
 
 
 def encode_rows(pings: Sequence[Ping]) -> bytes:

@@ -37,8 +37,14 @@ def geohash8_exact(lat: Floats, lon: Floats) -> npt.NDArray[np.bool_]:
 def geohash8_array(lat: Floats, lon: Floats) -> npt.NDArray[np.uint8]:
     """Precision-8 geohashes as an (n, 8) array of ASCII codes; exact where
     ``geohash8_exact`` holds."""
-    code = (_spread(_fixed(lon / 180.0) >> _U(44)) << _U(1)) | _spread(_fixed(lat / 90.0) >> _U(44))
+    code = zorder40(lat, lon)
     return _BASE32[(code[:, None] >> _SHIFTS[None, :]) & _U(31)]
+
+
+def zorder40(lat: Floats, lon: Floats) -> npt.NDArray[np.uint64]:
+    """The 40 bits of the precision-8 geohash as integers: sorting by them sorts points
+    along the geohash's Z-order curve, so neighbours in the order are near in space."""
+    return (_spread(_fixed(lon / 180.0) >> _U(44)) << _U(1)) | _spread(_fixed(lat / 90.0) >> _U(44))
 
 
 def _fixed(x: Floats) -> npt.NDArray[np.uint64]:

@@ -19,6 +19,7 @@ from app.copy_rows import (
     encode_copy,
     encode_rows,
     encode_rows_each,
+    spatial_order,
 )
 from app.geohash_vec import geohash8_array, geohash8_exact, geohash8_many
 from app.ping import FLOAT4_MAX, Ping
@@ -150,3 +151,19 @@ def test_postgis_reads_the_vectorised_rows_back(database_url):
         assert (d, ts, lat, lon, srid) == (p.driver_id, p.ts, p.lat, p.lon, 4326)
         assert gh == geohash.encode(p.lat, p.lon, 8)
         assert abs(speed - p.speed_kmh) < 1e-4 and abs(heading - p.heading) < 1e-4
+
+
+def test_spatial_order_is_a_stable_permutation_along_the_geohash():
+    rng = random.Random(9)
+    pings = [
+        Ping(f"s-{i:04d}", rng.uniform(-80, 80), rng.uniform(-170, 170), T0 + i, 1.0, 2.0)
+        for i in range(2_000)
+    ]
+    pings += [Ping("twin-a", 6.5, 3.3, T0, 1.0, 2.0), Ping("twin-b", 6.5, 3.3, T0, 1.0, 2.0)]
+    ordered = spatial_order(pings)
+    assert sorted(map(id, ordered)) == sorted(map(id, pings))  # the same objects, once each
+    cells = [geohash.encode(p.lat, p.lon, 8) for p in ordered]
+    assert cells == sorted(cells)
+    twins = [p.driver_id for p in ordered if p.driver_id.startswith("twin")]
+    assert twins == ["twin-a", "twin-b"]  # equal cells keep their order
+    assert spatial_order([]) == []
