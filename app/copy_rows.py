@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.geohash_vec import geohash8_array, geohash8_exact, zorder40
+from app.geohash_vec import geohash8_chars, geohash8_exact, zorder40
 from app.ping import Ping, geohash8
 
 COPY_SQL = (
@@ -47,21 +47,21 @@ def encode_copy(pings: Sequence[Ping]) -> bytes:
     return HEADER + encode_rows(pings) + TRAILER
 
 
-def spatial_order(pings: Sequence[Ping]) -> list[Ping]:
-    """``pings`` sorted along the geohash's Z-order curve (stable: equal cells keep their
-    order). The sink COPYs a batch in this order: consecutive rows then descend the
-    SP-GiST index to the same pages, and PostgreSQL spent ~21 % less CPU per row on a
-    partition of 2-9M rows (docs/performance.md, seventh round)."""
-    lat = np.array([p.lat for p in pings], dtype=np.float64)
-    lon = np.array([p.lon for p in pings], dtype=np.float64)
-    order = np.argsort(zorder40(lat, lon), kind="stable").tolist()
-    return [pings[i] for i in order]
-
-
 def encode_rows(pings: Sequence[Ping]) -> bytes:
     """Binary COPY rows for ``pings`` (geohash precision 8 computed here)."""
     fast = _rows_at_once(pings)
     return encode_rows_each(pings) if fast is None else fast
+
+
+def rows_in_spatial_order(pings: Sequence[Ping]) -> bytes | None:
+    """The rows of a uniform batch (see ``encode_rows``) sorted along the geohash's
+    Z-order curve, stable for equal cells; None for any other batch. The sink COPYs a
+    batch in this order: consecutive rows then descend the SP-GiST index to the same
+    pages, and PostgreSQL spent ~21 % less CPU per row on a partition of 2-9M rows
+    (docs/performance.md, seventh round). The encoded rows are sorted, not the pings:
+    walking Ping objects in an order other than their allocation's cost the encoder
+    ~0.35 us more per ping in cache misses."""
+    return _rows_at_once(pings, spatial=True)
 
 
 def encode_rows_each(pings: Sequence[Ping]) -> bytes:
@@ -89,7 +89,7 @@ def encode_rows_each(pings: Sequence[Ping]) -> bytes:
     return b"".join(parts)
 
 
-def _rows_at_once(pings: Sequence[Ping]) -> bytes | None:
+def _rows_at_once(pings: Sequence[Ping], spatial: bool = False) -> bytes | None:
     """The rows from one record array, or None when the chunk has more than one row
     layout (ids of different lengths, a missing speed or heading) or a coordinate the
     vectorised geohash does not cover."""
@@ -118,11 +118,14 @@ def _rows_at_once(pings: Sequence[Ping]) -> bytes | None:
     rows["x"] = lon
     rows["y"] = lat
     rows["gh_len"] = 8
-    rows["gh"] = geohash8_array(lat, lon).view("S8").ravel()
+    code = zorder40(lat, lon)
+    rows["gh"] = geohash8_chars(code).view("S8").ravel()
     rows["speed_len"] = 4
     rows["speed"] = speeds
     rows["heading_len"] = 4
     rows["heading"] = headings
+    if spatial:
+        rows = rows[np.argsort(code, kind="stable")]
     return rows.tobytes()
 
 

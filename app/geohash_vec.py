@@ -37,7 +37,11 @@ def geohash8_exact(lat: Floats, lon: Floats) -> npt.NDArray[np.bool_]:
 def geohash8_array(lat: Floats, lon: Floats) -> npt.NDArray[np.uint8]:
     """Precision-8 geohashes as an (n, 8) array of ASCII codes; exact where
     ``geohash8_exact`` holds."""
-    code = zorder40(lat, lon)
+    return geohash8_chars(zorder40(lat, lon))
+
+
+def geohash8_chars(code: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+    """The (n, 8) ASCII codes of the precision-8 geohashes with these 40 bits."""
     return _BASE32[(code[:, None] >> _SHIFTS[None, :]) & _U(31)]
 
 

@@ -19,7 +19,7 @@ from app.copy_rows import (
     encode_copy,
     encode_rows,
     encode_rows_each,
-    spatial_order,
+    rows_in_spatial_order,
 )
 from app.geohash_vec import geohash8_array, geohash8_exact, geohash8_many
 from app.ping import FLOAT4_MAX, Ping
@@ -153,17 +153,30 @@ def test_postgis_reads_the_vectorised_rows_back(database_url):
         assert abs(speed - p.speed_kmh) < 1e-4 and abs(heading - p.heading) < 1e-4
 
 
-def test_spatial_order_is_a_stable_permutation_along_the_geohash():
+def test_spatial_order_holds_the_same_rows_sorted_along_the_geohash():
+    """The sink's batch rows, reordered as whole rows: the same rows (as the row-by-row
+    encoder writes them), sorted by their geohash, equal cells in arrival order."""
     rng = random.Random(9)
+
+    def away_from_zero(limit: float) -> float:  # where the vectorised geohash is exact
+        return rng.choice((-1, 1)) * rng.uniform(1, limit)
+
     pings = [
-        Ping(f"s-{i:04d}", rng.uniform(-80, 80), rng.uniform(-170, 170), T0 + i, 1.0, 2.0)
+        Ping(f"s-{i:04d}", away_from_zero(80), away_from_zero(170), T0 + i, 1.0, 2.0)
         for i in range(2_000)
     ]
     pings += [Ping("twin-a", 6.5, 3.3, T0, 1.0, 2.0), Ping("twin-b", 6.5, 3.3, T0, 1.0, 2.0)]
-    ordered = spatial_order(pings)
-    assert sorted(map(id, ordered)) == sorted(map(id, pings))  # the same objects, once each
+    data = rows_in_spatial_order(pings)
+    assert data is not None and len(data) == len(encode_rows_each(pings))
+    size = len(data) // len(pings)  # one id width: every row has the same size
+    rows = [data[i : i + size] for i in range(0, len(data), size)]
+    expected = {bytes(encode_rows_each([p])): p for p in pings}
+    assert sorted(rows) == sorted(expected)  # the same rows, once each
+    ordered = [expected[r] for r in rows]
     cells = [geohash.encode(p.lat, p.lon, 8) for p in ordered]
     assert cells == sorted(cells)
-    twins = [p.driver_id for p in ordered if p.driver_id.startswith("twin")]
-    assert twins == ["twin-a", "twin-b"]  # equal cells keep their order
-    assert spatial_order([]) == []
+    assert [p.driver_id for p in ordered if p.driver_id.startswith("twin")] == [
+        "twin-a",
+        "twin-b",
+    ]
+    assert rows_in_spatial_order([*pings, Ping("other-width", 6.5, 3.3, T0, 1.0, 2.0)]) is None
