@@ -11,6 +11,7 @@ import argparse
 import random
 import time
 import uuid
+from collections.abc import Iterator
 
 import redis
 
@@ -25,6 +26,22 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def moving_fleet(drivers: int, batches: int, t0: int) -> Iterator[tuple[int, list[Ping]]]:
+    """(now_ms, pings): a warm-up batch placing every driver, then ``batches`` batches of
+    one ping per driver, each ~55 m further north (a new geohash-8 cell most pings, a new
+    geohash-6 cell every ~11 batches). The same fleet for every run (seeded)."""
+    rng = random.Random(7)
+    pos = [(6.4 + rng.random() * 0.3, 3.2 + rng.random() * 0.4) for _ in range(drivers)]
+    yield t0, [Ping(f"d{i}", *pos[i], t0) for i in range(drivers)]
+    for b in range(1, batches + 1):
+        pings = []
+        for i in range(drivers):
+            lat, lon = pos[i]
+            pos[i] = (lat + 0.0005, lon)
+            pings.append(Ping(f"d{i}", lat + 0.0005, lon, t0 + b * 1000, 30.0, 0.0))
+        yield t0 + b * 1000, pings
+
+
 def run(drivers: int, batches: int) -> dict[str, float]:
     settings = load_settings(
         {"HEATREPLAY_REDIS_PREFIX": f"bench{uuid.uuid4().hex[:8]}", "LIVE_WINDOW_S": "3600"},
@@ -32,20 +49,14 @@ def run(drivers: int, batches: int) -> dict[str, float]:
     )
     client = redis.Redis.from_url(settings.redis_url)
     live = LiveCounts(client, settings)
-    rng = random.Random(7)
-    pos = [(6.4 + rng.random() * 0.3, 3.2 + rng.random() * 0.4) for _ in range(drivers)]
-    now = int(time.time() * 1000)
+    fleet = moving_fleet(drivers, batches, int(time.time() * 1000))
     try:
-        live.apply([Ping(f"d{i}", *pos[i], now) for i in range(drivers)], now)  # warm
+        warm_at, warm = next(fleet)
+        live.apply(warm, warm_at)  # warm
         elapsed = cpu = 0.0
-        for b in range(1, batches + 1):
-            pings = []
-            for i in range(drivers):
-                lat, lon = pos[i]
-                pos[i] = (lat + 0.0005, lon)
-                pings.append(Ping(f"d{i}", lat + 0.0005, lon, now + b * 1000, 30.0, 0.0))
+        for now, pings in fleet:
             c0, t0 = redis_cpu(client), time.perf_counter()
-            live.apply(pings, now + b * 1000)
+            live.apply(pings, now)
             elapsed += time.perf_counter() - t0
             cpu += redis_cpu(client) - c0
         total = drivers * batches

@@ -1,10 +1,10 @@
 """Instructions Redis runs per ping for the live script: a repeatable figure.
 
 `python -m bench.live_script_cost [--drivers 20000] [--batches 4]` starts its own
-redis-server under valgrind's callgrind, applies one warm-up batch and then ``batches``
-batches of one ping per driver (each driver ~55 m further, as `bench.live_apply` moves
-them), and prints the instructions Redis executed for those batches per ping, with a
-digest of the resulting live state (equal digests: the same counts and values).
+redis-server under valgrind's callgrind, applies `bench.live_apply`'s moving fleet (a
+warm-up batch, then ``batches`` batches of one ping per driver), and prints the
+instructions Redis executed for those batches per ping, with a digest of the resulting
+live state (equal digests: the same counts and values).
 
 Wall-clock figures of the script vary by ±15 % from run to run on these two shared cores;
 an instruction count repeats to ~1 % for the same code, so a change to the script can be
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import random
 import subprocess
 import tempfile
 import time
@@ -25,8 +24,8 @@ from pathlib import Path
 import redis
 
 from app.live_counts import LiveCounts
-from app.ping import Ping
 from app.settings import load_settings
+from bench.live_apply import moving_fleet
 from bench.machine import describe, machine
 from bench.stack import free_port
 
@@ -74,19 +73,13 @@ def run(drivers: int, batches: int) -> dict[str, float | str]:
                 {"HEATREPLAY_REDIS_PREFIX": "cost", "LIVE_WINDOW_S": "3600"}, dotenv=None
             )
             live = LiveCounts(client, settings)
-            rng = random.Random(7)
-            pos = [(6.4 + rng.random() * 0.3, 3.2 + rng.random() * 0.4) for _ in range(drivers)]
-            live.apply([Ping(f"d{i}", *pos[i], T0) for i in range(drivers)], T0)
-            subprocess.run(
-                ["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True
-            )
-            for b in range(1, batches + 1):
-                pings = []
-                for i in range(drivers):
-                    lat, lon = pos[i]
-                    pos[i] = (lat + 0.0005, lon)
-                    pings.append(Ping(f"d{i}", lat + 0.0005, lon, T0 + b * 1000, 30.0, 0.0))
-                live.apply(pings, T0 + b * 1000)
+            fleet = moving_fleet(drivers, batches, T0)
+            warm_at, warm = next(fleet)
+            live.apply(warm, warm_at)  # warm: every driver placed
+            zero = ["callgrind_control", "-z", str(server.pid)]  # count from here on
+            subprocess.run(zero, check=True, capture_output=True)
+            for now, pings in fleet:
+                live.apply(pings, now)
             state = [sorted(client.hgetall(k).items()) for k in live.keys.counts]
             state.append(sorted(client.hgetall(live.keys.drv).items()))
             client.shutdown(nosave=True)
