@@ -9,8 +9,8 @@ every driver id the same length in bytes, speed and heading present, and coordin
 where the vectorised geohash is exact. That is what a fleet sends (one id
 scheme, full pings); any other chunk takes ``encode_rows_each``, one row at a time.
 Both give the same bytes (tests/test_copy_rows.py). Encoding 20k pings went 1.46 ->
-0.31 us per ping at once, 2.00 -> 0.61 in the sink's 2,000-ping chunks on a busier
-machine (docs/performance.md, seventh round).
+0.31 us per ping (docs/performance.md, seventh round). The sink encodes a whole batch
+this way, in spatial order (``rows_in_spatial_order``).
 
 The vectorised geohash and where it is exact: app/geohash_vec.py.
 """

@@ -147,12 +147,10 @@ class PingProducer:
                     producer.poll(0.05)
             count += 1
         remaining = producer.flush(self.settings.produce_timeout_s + 2.0)
-        if self._failures != failures_before or remaining:
-            failure = self._last_failure
-            if self._failures != failures_before and failure is not None:
-                reason = failure.str()
-            else:
-                reason = f"{remaining} messages unacknowledged"
+        failure = self._last_failure if self._failures != failures_before else None
+        if failure is not None or remaining:
+            unacked = f"{remaining} messages unacknowledged"
+            reason = failure.str() if failure is not None else unacked
             self._replace(producer)
             raise BrokerUnavailable(reason)
         return count
