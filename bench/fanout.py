@@ -8,6 +8,10 @@ the connect storm, are counted apart). The clients are threads of this process
 (websocket-client), on the same 2 cores as the server, so their own scheduling is part
 of the delay (their CPU share is reported). Server RSS is the gunicorn worker's, sampled
 every 0.2 s.
+
+By default the clients offer permessage-deflate as browsers do (bench.deflate_client),
+so the server compresses what a browser would get; ``--no-deflate`` uses websocket-client,
+which offers no extensions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import os
 import random
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +30,7 @@ from typing import Any
 
 import websocket
 
+from bench.deflate_client import Closed, DeflateSocket
 from bench.live_latency import percentile
 from bench.load import LAGOS, LoadGenerator, LoadSpec
 from bench.stack import Stack, cpu_seconds, machine_busy_seconds, rss_kib, wait_for
@@ -40,18 +46,22 @@ def _frame_ms(data: bytes) -> float | None:
 
 
 class Viewer(threading.Thread):
-    def __init__(self, url: str, counting: threading.Event, stop: threading.Event):
+    def __init__(self, url: str, counting: threading.Event, stop: threading.Event, deflate: bool):
         super().__init__(daemon=True)
         self.url = url
+        self.deflate = deflate
         self.counting = counting
         self.stop = stop
         self.delays: list[float] = []
         self.built_at: list[float] = []  # each counted frame's t (epoch ms)
-        self.ws: websocket.WebSocket | None = None
+        self.ws: websocket.WebSocket | DeflateSocket | None = None
         self.error: str | None = None
 
     def connect(self) -> None:
-        self.ws = websocket.create_connection(self.url, timeout=30, skip_utf8_validation=True)
+        if self.deflate:
+            self.ws = DeflateSocket(self.url, timeout=30)
+        else:
+            self.ws = websocket.create_connection(self.url, timeout=30, skip_utf8_validation=True)
         # no receive timeout: websocket-client loses its framing when a timeout hits in
         # the middle of a large frame; close() aborts the socket instead
         self.ws.settimeout(None)
@@ -64,7 +74,7 @@ class Viewer(threading.Thread):
                 raw = self.ws.recv()
             except websocket.WebSocketTimeoutException:
                 continue
-            except (websocket.WebSocketException, OSError) as exc:
+            except (websocket.WebSocketException, Closed, OSError) as exc:
                 if not self.stop.is_set():
                     self.error = repr(exc)
                 return
@@ -77,7 +87,11 @@ class Viewer(threading.Thread):
                     self.built_at.append(t)
 
     def close(self) -> None:
-        if self.ws is not None:
+        if isinstance(self.ws, DeflateSocket):
+            with contextlib.suppress(OSError):
+                self.ws.sock.shutdown(socket.SHUT_RDWR)
+            self.ws.close()
+        elif self.ws is not None:
             with contextlib.suppress(websocket.WebSocketException, OSError):
                 self.ws.abort()
                 self.ws.close(timeout=0)
@@ -105,11 +119,13 @@ def _views(n: int, scattered: bool, seed: int) -> list[str]:
     return out
 
 
-def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[str, Any]:
+def one_case(
+    stack: Stack, n: int, scattered: bool, measure_s: float, deflate: bool
+) -> dict[str, Any]:
     token = stack.token("viewer")
     counting, stop = threading.Event(), threading.Event()
     viewers = [
-        Viewer(f"{stack.ws}/ws/live?{view}&token={token}", counting, stop)
+        Viewer(f"{stack.ws}/ws/live?{view}&token={token}", counting, stop, deflate)
         for view in _views(n, scattered, seed=n)
     ]
     workers = stack.pids()["web"]
@@ -157,6 +173,9 @@ def one_case(stack: Stack, n: int, scattered: bool, measure_s: float) -> dict[st
         "sockets": n,
         "views": "scattered" if scattered else "one",
         "connect_s": round(connect_s, 2),
+        "sockets_compressed": sum(
+            1 for v in viewers if isinstance(v.ws, DeflateSocket) and v.ws.deflate
+        ),
         "socket_errors": sum(1 for v in viewers if v.error),
         "socket_error_sample": next((v.error for v in viewers if v.error), None),
         "frames": len(delays),
@@ -187,6 +206,7 @@ def run(
     rate: float = 5_000,
     drivers: int = 5_000,
     web_workers: int = 1,
+    deflate: bool = True,
 ) -> dict[str, Any]:
     most = max(sockets)
     threads = most // web_workers + 100
@@ -214,7 +234,7 @@ def run(
         with LoadGenerator(spec):
             for scattered in (False, True):
                 for n in sockets:
-                    cases.append(one_case(stack, n, scattered, measure_s))
+                    cases.append(one_case(stack, n, scattered, measure_s, deflate))
                     stack.check_alive()
     return {
         "load": {
@@ -225,6 +245,9 @@ def run(
             "(figures: summed over the workers)",
             "one_view": "precision 6, all of Lagos",
             "scattered_views": "each socket its own 0.1 deg box, precision 6 or 7",
+            "clients": "offer permessage-deflate, as browsers do"
+            if deflate
+            else "websocket-client (no extensions)",
         },
         "web_worker_rss_mib_idle": idle_rss,
         "cases": cases,
@@ -240,6 +263,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="gunicorn workers (each runs its own hub; the kernel spreads the sockets)",
     )
+    parser.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="clients offer no permessage-deflate (browsers do)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,4 +275,5 @@ def from_args(args: argparse.Namespace) -> dict[str, Any]:
         sockets=tuple(int(x) for x in args.sockets.split(",")),
         measure_s=args.measure,
         web_workers=args.web_workers,
+        deflate=not args.no_deflate,
     )
