@@ -15,7 +15,7 @@ from app import sock
 from app.auth import require_role
 from app.live_hub import Mailbox, with_live_markers
 from app.services import services
-from app.ws import WsSession, parse_message, send_json, ws_session
+from app.ws import WsSession, parse_message, send_json, send_text, ws_session
 from replay.heat import View, ViewError, build_frame, parse_view
 
 bp = Blueprint("live", __name__)
@@ -82,12 +82,13 @@ def _serve_live(session: WsSession) -> None:
 
 def _pump(ws: Any, mailbox: Mailbox) -> None:
     """Send whatever the mailbox holds; a slow client blocks only this thread, and
-    meanwhile newer frames replace older ones in the mailbox."""
+    meanwhile newer frames replace older ones in the mailbox. A frame is the same
+    WireMessage for every socket on its view: framed and compressed once."""
     try:
         while not mailbox.closed:
             for payload in mailbox.take(timeout=1.0):
-                ws.send(payload)
-    except ConnectionClosed:
+                send_text(ws, payload)
+    except (ConnectionClosed, OSError):  # closed, or the peer reset the connection
         mailbox.close()
 
 

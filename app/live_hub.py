@@ -4,7 +4,8 @@ One hub thread per process listens on the live worker's change channel (Redis pu
 and, at most LIVE_FPS times a second and only when something changed (a batch was
 applied, or the oldest active driver is due to leave the window), reads the counts once
 per precision in use, builds one frame per distinct view, serialises it once and hands
-the same bytes to every socket watching that view. Each socket has a one-slot mailbox:
+the same bytes — framed, and compressed for sockets that negotiated it, once per view
+(app.ws_frames) — to every socket watching that view. Each socket has a one-slot mailbox:
 a slow client gets the newest frame, never a growing queue. Every process reads the same
 Redis state, so several gunicorn workers or hosts all show the same live frame.
 """
@@ -26,6 +27,7 @@ import redis
 from app import metrics
 from app.live_counts import LiveCounts
 from app.settings import Settings
+from app.ws_frames import WireMessage
 from replay.heat import (
     BBox,
     CellIndex,
@@ -58,12 +60,12 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._frame: str | None = None
+        self._frame: WireMessage | None = None
         self._replies: list[str] = []
         self.closed = False
         self.replaced = 0  # frames overwritten before the client took them
 
-    def put_frame(self, payload: str) -> None:
+    def put_frame(self, payload: WireMessage) -> None:
         with self._cond:
             if self._frame is not None:
                 self.replaced += 1
@@ -76,12 +78,12 @@ class Mailbox:
                 self._replies.append(payload)
             self._cond.notify()
 
-    def take(self, timeout: float | None = None) -> list[str]:
+    def take(self, timeout: float | None = None) -> list[str | WireMessage]:
         with self._cond:
             self._cond.wait_for(
                 lambda: self.closed or self._frame is not None or bool(self._replies), timeout
             )
-            out = self._replies
+            out: list[str | WireMessage] = list(self._replies)
             self._replies = []
             if self._frame is not None:
                 out.append(self._frame)
@@ -111,7 +113,7 @@ class LiveHub:
         # each view's box as geohash prefixes (replay.heat.cover); None: too big, built
         # the plain way
         self._covers: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
-        self._last_payload: dict[tuple[Any, ...], str] = {}
+        self._last_payload: dict[tuple[Any, ...], WireMessage] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,7 +157,7 @@ class LiveHub:
             now = _now_ms()
             cells, next_expiry = self.live.snapshot(sub.view.precision, now, [sub.view.bbox])
             frame = self._frame(cells, sub.view, now)
-            payload = _dumps(frame)
+            payload = WireMessage(_dumps(frame))
             with self._lock:
                 if key not in self._last_payload:
                     self._last_cells[key] = _content(frame)
@@ -312,8 +314,8 @@ class LiveHub:
         content = ("[" + cells_json + "]", None if markers is None else f"[{markers}]")
         if self._last_cells.get(key) == content:
             return
-        payload = encode_frame(
-            "live", now, view.precision, cells_json, total, peak, view.bbox, markers
+        payload = WireMessage(
+            encode_frame("live", now, view.precision, cells_json, total, peak, view.bbox, markers)
         )
         with self._lock:
             members = self._views.get(key)

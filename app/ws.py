@@ -27,6 +27,7 @@ from app.errors import ApiError
 from app.limits import SLOT_LEASE_S, SocketSlots, TokenBucket, TooManySockets, token_id
 from app.services import services
 from app.settings import Settings
+from app.ws_frames import WireMessage, send_message, wire_form
 
 log = logging.getLogger(__name__)
 AUTH_TIMEOUT_S = 5.0
@@ -39,7 +40,14 @@ _slots_lock = threading.Lock()
 
 
 def send_json(ws: Any, message: dict[str, Any]) -> None:
-    ws.send(json.dumps(message, separators=(",", ":")))
+    send_text(ws, json.dumps(message, separators=(",", ":")))
+
+
+def send_text(ws: Any, message: str | WireMessage) -> None:
+    """Every text message our sockets send goes through here (app.ws_frames): framed
+    and, where the client negotiated permessage-deflate, compressed once per message."""
+    sock = ws.sock
+    send_message(ws, message, sock.form if isinstance(sock, WholeFrameSocket) else None)
 
 
 def refuse(ws: Any, code: int, error: str, message: str) -> None:
@@ -176,11 +184,13 @@ class WholeFrameSocket:
     a partial write, and its own thread sends pings and pongs on the same socket as our
     sender thread: under backpressure a frame was cut short, or two frames interleaved,
     and the client saw garbage ("rsv is not implemented"). Here every write is whole
-    (``sendall``) and writes take turns."""
+    (``sendall``) and writes take turns. ``form`` is how our text messages are framed
+    on this socket (app.ws_frames.wire_form)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, form: str | None = None):
         self._sock = sock
         self._lock = threading.Lock()
+        self.form = form
 
     def send(self, data: bytes) -> int:
         with self._lock:
@@ -193,7 +203,7 @@ class WholeFrameSocket:
 
 def make_writes_safe(ws: Any) -> None:
     if not isinstance(ws.sock, WholeFrameSocket):
-        ws.sock = WholeFrameSocket(ws.sock)
+        ws.sock = WholeFrameSocket(ws.sock, wire_form(ws))
 
 
 def parse_message(raw: str | bytes | None) -> dict[str, Any]:

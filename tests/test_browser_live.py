@@ -1,8 +1,9 @@
 """Live mode in a real browser (Debian Chromium via Playwright): what a person sees.
 
 - pings posted to the API go through Kafka and the live worker to Redis, then over the
-  socket to the page, which draws exactly those counts (read from #heat-state, the
-  visible counters and the heat canvas's painted pixels) with no base map;
+  socket (compressed: Chromium negotiates permessage-deflate) to the page, which draws
+  exactly those counts (read from #heat-state, the visible counters and the heat
+  canvas's painted pixels) with no base map;
 - zooming with the map's + button sends the finer precision to the server, and the
   page draws the frame at that precision;
 - the web server killed and started again on the same port: 'reconnecting', then
@@ -71,6 +72,10 @@ def test_posted_pings_reach_the_page_and_zoom_sends_precision(
     assert resp.status_code == 202, resp.text
     drawn = ui.wait_state(total=3, cells=2, max=2, precision=5)
     assert drawn["state"] == "live"
+    # Chromium negotiated compression: what it drew came through app.ws_frames'
+    # once-per-view deflated frames
+    extensions = ui.page.evaluate("heatreplay.live.socket.ws.extensions")
+    assert extensions.startswith("permessage-deflate"), extensions
     assert ui.text("#count-total") == "3" and ui.text("#count-cells") == "2"
     assert ui.heat_pixels() > 500  # the heat is really painted, not just counted
     # base tiles cannot load here: the page says so and the heat is drawn anyway

@@ -21,6 +21,7 @@ from app.live_counts import LiveCounts
 from app.live_hub import LiveHub, Subscription, with_live_markers
 from app.ping import Ping
 from app.settings import Settings
+from app.ws_frames import WireMessage
 from replay.heat import BBox, View, build_frame, cell_bounds
 
 LAGOS = (3.10, 6.40, 3.70, 6.70)
@@ -127,7 +128,8 @@ def test_every_socket_gets_the_plain_frame_byte_for_byte(
             if not got:  # nothing the viewer sees changed since its last frame
                 unchanged += 1
                 got = [hub._last_payload[live_hub.view_key(view)]]
-            assert without_t(got[0]) == without_t(expected), view
+            assert isinstance(got[0], WireMessage)
+            assert without_t(got[0].text) == without_t(expected), view
             markers_seen += '"markers":[[' in expected
     client.close()
     assert unchanged < len(subs)  # the fleet moves: most frames change every round
@@ -146,10 +148,14 @@ def test_a_driver_moving_inside_its_cell_moves_its_marker(
     hub = LiveHub(client, hub_settings)
     sub = Subscription(View(7, BBox(3.36, 6.50, 3.385, 6.52)))
     hub._attach(sub)
-    assert '"markers":[["a",6.5095,3.3711,90.0]]' in sub.mailbox.take(0)[0]
+    (first,) = sub.mailbox.take(0)
+    assert isinstance(first, WireMessage)
+    assert '"markers":[["a",6.5095,3.3711,90.0]]' in first.text
     live.apply([Ping("a", 6.5096, 3.3712, t + 1, heading=91.0)], t + 1)  # same cells
     hub.build_and_deliver()
-    (frame,) = sub.mailbox.take(0)
+    (message,) = sub.mailbox.take(0)
+    assert isinstance(message, WireMessage)
+    frame = message.text
     assert '"cells":[["s14mh9n",1]]' in frame and '"markers":[["a",6.5096,3.3712,91.0]]' in frame
     client.close()
 

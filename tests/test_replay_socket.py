@@ -17,6 +17,8 @@ from werkzeug.serving import make_server
 from app import create_app
 from app.auth import mint_token
 from app.ping import Ping
+from app.ws_frames import deflate_message
+from bench.deflate_client import DeflateSocket
 from replay.playback import ManualClock
 from tests.conftest import free_port
 from tests.replay_support import ensure_days, ms, truncate, write_history
@@ -187,3 +189,31 @@ def test_socket_needs_a_viewer_token(server, settings):
     c = Client(port, f"from={at(0)}&to={at(60)}&token={mint_token(settings, 'ingest')}")
     msg = c.recv()
     assert (msg["type"], msg["error"]) == ("error", "forbidden")
+
+
+def test_a_browser_like_socket_gets_each_replay_message_compressed_on_its_own(server):
+    """Chromium offers permessage-deflate; every message of the stream comes compressed
+    alone (app.ws_frames) and one inflater that keeps its window reads them all."""
+    port, clock, token = server
+    ws = DeflateSocket(
+        f"ws://127.0.0.1:{port}/ws/replay?from={iso(0)}&to={at(30)}&speed=60&step=10"
+        f"&precision=6&token={token}",
+        timeout=10,
+    )
+    try:
+        assert ws.extensions.startswith("permessage-deflate")
+        seen = [json.loads(ws.recv())]
+        for _ in range(3):
+            clock.advance(10 / 60)
+            seen.append(json.loads(ws.recv()))
+            assert ws.last_wire == deflate_message(
+                json.dumps(seen[-1], separators=(",", ":")).encode()
+            )
+        assert [(m["t"], m["cells"]) for m in seen] == [
+            (iso(s), [["s14mh9", 1]] + ([["s14ms3", 1]] if s >= 25 else []))
+            for s in (0, 10, 20, 30)
+        ]
+        assert json.loads(ws.recv()) == {"type": "end"}
+        assert ws.compressed_messages == 5
+    finally:
+        ws.close()
