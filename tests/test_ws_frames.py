@@ -40,7 +40,17 @@ def _deflate_client() -> FrameProtocol:
     return FrameProtocol(client=True, extensions=[ext])
 
 
-@given(st.lists(st.text(min_size=0, max_size=3000), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(min_size=0, max_size=3000),
+            # long and repetitive, like frames: back-references across the window
+            st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=40), st.integers(1, 3000)),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_deflated_frames_decode_in_wsproto_one_after_another(texts: list[str]) -> None:
     """One client-side decoder (its inflater keeps its window between messages, as
     RFC 7692's default context takeover has it) reads a run of our messages, each
