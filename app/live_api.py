@@ -15,7 +15,15 @@ from app import sock
 from app.auth import require_role
 from app.live_hub import Mailbox, with_live_markers
 from app.services import services
-from app.ws import WsSession, parse_message, send_json, send_text, ws_session
+from app.ws import (
+    DirectWriter,
+    WsSession,
+    direct_writer,
+    parse_message,
+    send_json,
+    send_text,
+    ws_session,
+)
 from replay.heat import View, ViewError, build_frame, parse_view
 
 bp = Blueprint("live", __name__)
@@ -53,8 +61,9 @@ def _serve_live(session: WsSession) -> None:
         ws.close(reason=1008, message="invalid view")
         return
     hub = services().live_hub
-    sub = hub.subscribe(view)
-    sender = threading.Thread(target=_pump, args=(ws, sub.mailbox), daemon=True)
+    writer = direct_writer(ws)
+    sub = hub.subscribe(view, writer)
+    sender = threading.Thread(target=_pump, args=(ws, sub.mailbox, writer), daemon=True)
     sender.start()
     try:
         while not session.close_if_expired():
@@ -80,14 +89,23 @@ def _serve_live(session: WsSession) -> None:
         sender.join(5)
 
 
-def _pump(ws: Any, mailbox: Mailbox) -> None:
+def _pump(ws: Any, mailbox: Mailbox, writer: DirectWriter | None) -> None:
     """Send whatever the mailbox holds; a slow client blocks only this thread, and
     meanwhile newer frames replace older ones in the mailbox. A frame is the same
-    WireMessage for every socket on its view: framed and compressed once."""
+    WireMessage for every socket on its view: framed and compressed once. Frames the
+    hub could write at once never come here; the end of one it began does."""
     try:
         while not mailbox.closed:
-            for payload in mailbox.take(timeout=1.0):
-                send_text(ws, payload)
+            items = mailbox.take(timeout=1.0)
+            try:
+                for item in items:
+                    if isinstance(item, bytes):
+                        assert writer is not None
+                        writer.finish(item)
+                    else:
+                        send_text(ws, item)
+            finally:
+                mailbox.sent()
     except (ConnectionClosed, OSError):  # closed, or the peer reset the connection
         mailbox.close()
 

@@ -43,6 +43,23 @@ _COUNTERS = (
     ("heatreplay_live_batches", "live_batches", "Batches applied to the live counts."),
     ("heatreplay_live_pings", "live_pings", "Pings applied to the live counts."),
     ("heatreplay_live_cell_changes", "live_cell_changes", "Live cell counter changes."),
+    ("heatreplay_live_frame_rounds", "live_frame_rounds", "Live hub rounds (web processes)."),
+    ("heatreplay_live_frames_built", "live_frames_built", "Live frames built, one per view."),
+    (
+        "heatreplay_live_frames_written",
+        "live_frames_written",
+        "Live frames the hub wrote to a socket itself (the socket took them at once).",
+    ),
+    (
+        "heatreplay_live_frames_queued",
+        "live_frames_queued",
+        "Live frames left to a socket's sender thread (the socket was busy or full).",
+    ),
+    (
+        "heatreplay_live_frames_replaced",
+        "live_frames_replaced",
+        "Live frames dropped unseen for a newer one: a client reading slower than LIVE_FPS.",
+    ),
 )
 # histogram families: (metric name, hash field, help)
 _HISTOGRAMS = (
@@ -61,7 +78,7 @@ _HISTOGRAMS = (
     (
         "heatreplay_live_frame_build_seconds",
         "live_frame_seconds",
-        "Time to build one live frame (Redis read + frame shaping).",
+        "Time of one live hub round (Redis reads, every view's frame, delivery).",
     ),
 )
 

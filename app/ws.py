@@ -197,8 +197,56 @@ class WholeFrameSocket:
             self._sock.sendall(data)
         return len(data)
 
+    def try_send(self, data: bytes) -> int:
+        """Write without waiting, for the live hub: returns the bytes the kernel took
+        at once, 0 if none (another write under way, the buffer full, an error: the
+        frame then waits for the sender thread, which meets the error itself). Between
+        0 and len(data) the socket stays locked until ``finish`` writes the rest, so
+        nothing comes between a frame's two parts."""
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            n = self._sock.send(data, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError included
+            n = 0
+        if not 0 < n < len(data):
+            self._lock.release()
+        return n
+
+    def finish(self, rest: bytes) -> None:
+        """The end of a frame ``try_send`` began; the lock it kept is released here."""
+        try:
+            self._sock.sendall(rest)
+        finally:
+            self._lock.release()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+class DirectWriter:
+    """A socket's frames, written by the live hub itself when the socket takes them at
+    once (app.live_hub.Mailbox): only our framing, only while the socket is open."""
+
+    def __init__(self, ws: Any, sock: WholeFrameSocket, form: str):
+        self.ws = ws
+        self.sock = sock
+        self.form = form
+
+    def try_send(self, data: bytes) -> int:
+        return self.sock.try_send(data) if self.ws.connected else 0
+
+    def finish(self, rest: bytes) -> None:
+        self.sock.finish(rest)
+
+
+def direct_writer(ws: Any) -> DirectWriter | None:
+    """None where a non-blocking write is not ours to make: wsproto frames this
+    socket's messages, or the socket has a timeout (Python would wait in poll first)."""
+    sock = ws.sock
+    if not isinstance(sock, WholeFrameSocket) or sock.form is None or sock.gettimeout():
+        return None
+    return DirectWriter(ws, sock, sock.form)
 
 
 def make_writes_safe(ws: Any) -> None:

@@ -139,12 +139,17 @@ def one_case(
     window_ms = time.time() * 1000
     t0 = time.monotonic()
     cpu0 = (_cpu(workers), time.process_time(), machine_busy_seconds())
+    stats0 = _after_a_round(stack)
+    stats_t0 = time.monotonic()
     while time.monotonic() - t0 < measure_s:
         peak = max(peak, sum(rss_kib(w) for w in workers))
         time.sleep(0.2)
     counting.clear()
     elapsed = time.monotonic() - t0
     cpu1 = (_cpu(workers), time.process_time(), machine_busy_seconds())
+    stats = {k: v - stats0.get(k, 0.0) for k, v in _hub_stats(stack).items()}
+    stats_s = time.monotonic() - stats_t0
+    rounds = stats.get("live_frame_rounds", 0.0)
     load = [round(x, 2) for x in os.getloadavg()]
     web_cpu, client_cpu, machine_cpu = (
         (b - a) / elapsed * 100 for a, b in zip(cpu0, cpu1, strict=True)
@@ -185,6 +190,19 @@ def one_case(
         "frame_delay_ms_p99": round(percentile(delays, 99), 1),
         "frames_built_before_the_window": len(every) - len(delays),
         "frame_delay_ms_p99_with_those": round(percentile(every, 99), 1),
+        # what drives the frames: the hub builds a round when the live worker applied
+        # a batch (at most LIVE_FPS a second); a round's time includes writing to the
+        # sockets that take the frame at once
+        "live_batches_per_s": round(stats.get("live_batches", 0.0) / stats_s, 2),
+        "hub_rounds_per_s": round(rounds / stats_s, 2),
+        "hub_round_ms_mean": round(stats.get("live_frame_seconds", 0.0) / rounds * 1000, 1)
+        if rounds
+        else None,
+        # of the frames the hubs handed to sockets: written at once by the hub, left to
+        # the socket's sender thread, or dropped unseen for a newer one (a slow reader)
+        "frames_written_by_hub": int(stats.get("live_frames_written", 0)),
+        "frames_left_to_sender": int(stats.get("live_frames_queued", 0)),
+        "frames_replaced_unseen": int(stats.get("live_frames_replaced", 0)),
         "web_worker_rss_mib_peak": round(peak / 1024, 1),
         # while counting, % of one core: the server's worker, this process (the client
         # threads: if they were busy, the delays would be partly theirs), the machine
@@ -194,6 +212,34 @@ def one_case(
         "load_average": load,
         "server_teardown_s": round(teardown_s, 2),
     }
+
+
+def _hub_stats(stack: Stack) -> dict[str, float]:
+    """The live hub's and live worker's counters (app.metrics), summed over processes."""
+    raw = stack.redis.hgetall(stack.settings.redis_key_prefix + "stats")
+    names = (
+        "live_frame_rounds",
+        "live_frame_seconds",
+        "live_batches",
+        "live_frames_written",
+        "live_frames_queued",
+        "live_frames_replaced",
+    )
+    return {k.decode(): float(v) for k, v in raw.items() if k.decode() in names}
+
+
+def _after_a_round(stack: Stack, timeout: float = 3.0) -> dict[str, float]:
+    """The counters just after a hub round ends, so the rounds counted next are whole
+    ones: a round still under way from the connect storm (seconds long) would
+    otherwise add its whole time to the window's."""
+    first = _hub_stats(stack)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = _hub_stats(stack)
+        if now.get("live_frame_rounds") != first.get("live_frame_rounds"):
+            return now
+        time.sleep(0.01)
+    return first
 
 
 def _cpu(pids: list[int]) -> float:

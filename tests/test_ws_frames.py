@@ -21,7 +21,7 @@ from app.live_counts import LiveCounts
 from app.ping import Ping
 from app.ws_frames import DEFLATE, PLAIN, WireMessage, deflate_message
 from bench.deflate_client import DeflateSocket
-from tests.conftest import ServedApp
+from tests.conftest import ServedApp, wait_until
 
 VI = (6.4281, 3.4219)  # s14ktf5y
 YABA = (6.5095, 3.3711)  # s14mh9nb
@@ -112,6 +112,18 @@ def test_every_socket_of_a_view_gets_the_same_frame_whatever_it_negotiated(setti
         later = int(time.time() * 1000)
         live.apply([Ping("a", *YABA, later)], later)
         moved = [b.recv() for b in browsers]
+        # the hub wrote the round's frame itself to the three sockets it frames (they had
+        # room); the 10-bit one, framed by wsproto, took it through its sender thread
+        stats = redis.Redis.from_url(settings.redis_url)
+        key = settings.redis_key_prefix + "stats"
+        fields = ("live_frames_written", "live_frames_queued", "live_frames_replaced")
+
+        def outcomes() -> list[int]:
+            return [int(v or 0) for v in stats.hmget(key, fields)]
+
+        wait_until(lambda: sum(outcomes()) >= 4, timeout=5)
+        assert outcomes() == [3, 1, 0]
+        stats.close()
         assert browsers[0].last_wire == browsers[1].last_wire
         assert browsers[0].last_wire == deflate_message(moved[0].encode())
         assert all(b.compressed_messages == 2 for b in browsers)

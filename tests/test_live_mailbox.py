@@ -1,0 +1,124 @@
+"""A live socket's mailbox with the hub writing frames itself (app.live_hub.Mailbox,
+app.ws.WholeFrameSocket.try_send), over a real socket pair: a frame the socket takes at
+once never wakes the sender; a frame it takes in part keeps the socket to itself until
+its end is written; and nothing ever overtakes what is already waiting."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from app.live_hub import QUEUED, REPLACED, WRITTEN, Mailbox
+from app.ws import WholeFrameSocket
+from app.ws_frames import PLAIN, WireMessage
+
+
+class SocketWriter:
+    """app.ws.DirectWriter without the WebSocket around it (always open)."""
+
+    form = PLAIN
+
+    def __init__(self, sock: WholeFrameSocket):
+        self.sock = sock
+
+    def try_send(self, data: bytes) -> int:
+        return self.sock.try_send(data)
+
+    def finish(self, rest: bytes) -> None:
+        self.sock.finish(rest)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[WholeFrameSocket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    yield WholeFrameSocket(a, PLAIN), b
+    a.close()
+    b.close()
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    sock.settimeout(5)
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "closed early"
+        out += chunk
+    return out
+
+
+def test_a_frame_the_socket_takes_at_once_is_written_by_the_putter(pair):
+    sock, peer = pair
+    box = Mailbox(SocketWriter(sock))
+    frame = WireMessage('{"type":"frame","cells":[["s14mh",1]]}')
+    assert box.put_frame(frame) == WRITTEN
+    assert read_exactly(peer, len(frame.frame(PLAIN))) == frame.frame(PLAIN)
+    assert box.take(0) == [] and box.written == 1
+
+
+def test_a_frame_taken_in_part_holds_the_socket_until_its_end_is_written(pair):
+    sock, peer = pair
+    box = Mailbox(SocketWriter(sock))
+    big = WireMessage("x" * 1_000_000)
+    wire = big.frame(PLAIN)
+    assert box.put_frame(big) == WRITTEN  # begun: the kernel took what fitted
+    (rest,) = box.take(0)
+    assert isinstance(rest, bytes) and 0 < len(rest) < len(wire)
+    assert sock._lock.locked()  # kept for the rest
+
+    # meanwhile simple-websocket's ping thread wants the socket: it must wait
+    ping = b"\x89\x00"
+    pinged = threading.Event()
+    pinger = threading.Thread(target=lambda: (sock.send(ping), pinged.set()))
+    pinger.start()
+    # and a newer frame waits in the mailbox while the sender holds the rest
+    newer = WireMessage('{"n":2}')
+    newest = WireMessage('{"n":3}')
+    assert box.put_frame(newer) == QUEUED
+    assert box.put_frame(newest) == REPLACED
+    assert not pinged.wait(0.2)
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_exactly(peer, len(wire) + len(ping))))
+    reader.start()
+    box.writer.finish(rest)  # type: ignore[union-attr]  # what the sender thread does
+    box.sent()
+    pinger.join(5)
+    reader.join(10)
+    assert got == [wire + ping]  # the frame whole, then the ping: nothing in between
+    assert box.take(0) == [newest]
+    box.sent()
+
+
+def test_frames_wait_behind_replies_and_a_busy_sender(pair):
+    sock, peer = pair
+    box = Mailbox(SocketWriter(sock))
+    box.put_reply('{"type":"error"}')
+    first = WireMessage('{"n":1}')
+    assert box.put_frame(first) == QUEUED  # the reply goes first, so the frame waits
+    assert box.take(0) == ['{"type":"error"}', first]
+    second = WireMessage('{"n":2}')
+    assert box.put_frame(second) == QUEUED  # taken items not yet sent: still behind them
+    box.sent()
+    assert box.take(0) == [second]
+    box.sent()
+    third = WireMessage('{"n":3}')
+    assert box.put_frame(third) == WRITTEN
+    assert read_exactly(peer, len(third.frame(PLAIN))) == third.frame(PLAIN)
+
+
+def test_a_full_socket_leaves_the_frame_to_the_sender(pair):
+    sock, _ = pair
+    n = 65536
+    while n == 65536:  # fill both buffers
+        n = sock.try_send(b"\x00" * 65536)
+    if n:
+        sock.finish(b"")  # a partial write kept the lock
+    box = Mailbox(SocketWriter(sock))
+    frame = WireMessage('{"n":1}')
+    assert box.put_frame(frame) == QUEUED
+    assert box.take(0) == [frame] and box.written == 0
