@@ -135,6 +135,9 @@ def web(workers: int | None, threads: int | None) -> None:
     """Serve the API, sockets and UI with gunicorn (gthread)."""
     settings = _settings()
     threads = threads or settings.web_threads
+    # the workers' settings see the thread count gunicorn runs with (their socket cap)
+    os.environ["WEB_THREADS"] = str(threads)
+    settings.with_(web_threads=threads).validate()
     argv = [
         sys.executable,
         "-m",

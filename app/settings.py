@@ -51,7 +51,11 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     web_workers: int = 2
-    web_threads: int = 64
+    # every open socket holds a thread for its lifetime: threads per web process, of
+    # which web_http_threads are never given to sockets (ingest and the API always have
+    # threads; sockets past WEB_THREADS - WEB_HTTP_THREADS are refused, close 1013)
+    web_threads: int = 600
+    web_http_threads: int = 16
     token_ttl_s: int = 12 * 3600
     jwt_leeway_s: int = 30
     # abuse limits (each answered with a 4xx or a socket error message when exceeded)
@@ -117,6 +121,11 @@ class Settings:
         ):  # fmt: skip
             if getattr(self, ENV_NAMES[env_name]) <= 0:
                 raise SettingsError(f"{env_name} must be positive")
+        if not 1 <= self.web_http_threads < self.web_threads:
+            raise SettingsError(
+                "WEB_HTTP_THREADS must be at least 1 and below WEB_THREADS (the threads "
+                "left over are the most sockets one web process serves)"
+            )
         if self.jwt_leeway_s < 0:
             raise SettingsError("JWT_LEEWAY_S must be >= 0")
         if not self.is_development and self.secret.strip().lower() in PLACEHOLDER_SECRETS:
@@ -158,6 +167,7 @@ ENV_NAMES: dict[str, str] = {
     "WEB_PORT": "web_port",
     "WEB_WORKERS": "web_workers",
     "WEB_THREADS": "web_threads",
+    "WEB_HTTP_THREADS": "web_http_threads",
     "TOKEN_TTL_S": "token_ttl_s",
     "JWT_LEEWAY_S": "jwt_leeway_s",
     "MAX_BBOX_AREA_DEG2": "max_bbox_area_deg2",

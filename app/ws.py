@@ -3,7 +3,8 @@ JSON messages.
 
 Close codes (the UI stops reconnecting on 4401/4403; docs/auth.md lists them):
 4401 unauthorised (missing, bad or expired token), 4403 forbidden (wrong role),
-4429 too many sockets open with this token. Each close is preceded by a
+4429 too many sockets open with this token, 1013 this web process serves all the sockets
+it has threads for (WEB_THREADS - WEB_HTTP_THREADS). Each close is preceded by a
 ``{"type": "error", "error": ..., "message": ...}`` message saying why.
 """
 
@@ -35,6 +36,7 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "try again later": this process is full
 
 _slots_lock = threading.Lock()
 
@@ -114,6 +116,46 @@ def socket_slots() -> SocketSlots:
     return slots  # type: ignore[no-any-return]
 
 
+class ProcessSockets:
+    """The sockets this web process serves at once. gunicorn's gthread worker gives
+    each open socket one of its WEB_THREADS threads for the socket's lifetime; once
+    sockets held them all, ingest and API requests waited for a thread that never came.
+    So sockets stop WEB_HTTP_THREADS short of the pool."""
+
+    def __init__(self, settings: Settings):
+        self.cap = settings.web_threads - settings.web_http_threads
+        self.reason = (
+            f"this server process already serves {self.cap} sockets, all it has threads "
+            f"for (WEB_THREADS {settings.web_threads} - WEB_HTTP_THREADS "
+            f"{settings.web_http_threads}); try again shortly"
+        )
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.open >= self.cap:
+                return False
+            self.open += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
+def process_sockets() -> ProcessSockets:
+    app = current_app
+    found = app.extensions.get("heatreplay.process_sockets")
+    if found is None:
+        with _slots_lock:
+            found = app.extensions.get("heatreplay.process_sockets")
+            if found is None:
+                found = ProcessSockets(app.config["SETTINGS"])
+                app.extensions["heatreplay.process_sockets"] = found
+    return found  # type: ignore[no-any-return]
+
+
 class WsSession:
     """One authenticated socket: its claims and its control-message budget."""
 
@@ -146,10 +188,25 @@ class WsSession:
 
 @contextmanager
 def ws_session(ws: Any, role: str) -> Iterator[WsSession | None]:
-    """Authenticate the socket (see ``authenticate``), take one of the token's
-    MAX_SOCKETS_PER_TOKEN slots for the socket's lifetime, and give it back however
-    the handler ends. Yields None when the socket was refused (already closed)."""
+    """Take one of this process's socket places (ProcessSockets), authenticate the
+    socket (see ``authenticate``), take one of the token's MAX_SOCKETS_PER_TOKEN slots
+    for the socket's lifetime, and give both back however the handler ends. Yields None
+    when the socket was refused (already closed)."""
     make_writes_safe(ws)
+    here = process_sockets()
+    if not here.acquire():
+        refuse(ws, CLOSE_TRY_AGAIN_LATER, "server_busy", here.reason)
+        yield None
+        return
+    try:
+        with _token_slot(ws, role) as session:
+            yield session
+    finally:
+        here.release()
+
+
+@contextmanager
+def _token_slot(ws: Any, role: str) -> Iterator[WsSession | None]:
     auth = authenticate(ws, role)
     if auth is None:
         yield None

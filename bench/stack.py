@@ -134,6 +134,7 @@ class Stack:
             "web_port": free_port(),
             "web_workers": 2,
             "web_threads": 16,
+            "web_http_threads": 4,
         }
         self.settings = base.with_(**{**defaults, **overrides}).validate()
         self.name = name

@@ -128,6 +128,7 @@ class WebProcess:
             "WEB_PORT": str(port),
             "WEB_WORKERS": "1",
             "WEB_THREADS": "16",
+            "WEB_HTTP_THREADS": "4",
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,
             "HEATREPLAY_REDIS_PREFIX": settings.redis_prefix,

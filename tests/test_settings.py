@@ -153,3 +153,11 @@ def test_limit_defaults_and_overrides():
     assert (o.max_sockets_per_token, o.jwt_leeway_s) == (3, 0)
     with pytest.raises(SettingsError, match="JWT_LEEWAY_S must be >= 0"):
         load_settings({"JWT_LEEWAY_S": "-1"}, dotenv=None)
+
+
+@pytest.mark.parametrize("threads,http", [("16", "16"), ("8", "20"), ("600", "0")])
+def test_threads_kept_for_http_must_leave_room_for_sockets(threads, http):
+    with pytest.raises(SettingsError, match="WEB_HTTP_THREADS must be at least 1 and below"):
+        load_settings({"WEB_THREADS": threads, "WEB_HTTP_THREADS": http}, dotenv=None)
+    s = load_settings({}, dotenv=None)
+    assert (s.web_threads, s.web_http_threads) == (600, 16)

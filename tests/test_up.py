@@ -28,6 +28,7 @@ def _env(settings: Settings, **overrides: str) -> dict[str, str]:
             "WEB_PORT": str(free_port()),
             "WEB_WORKERS": "1",
             "WEB_THREADS": "8",
+            "WEB_HTTP_THREADS": "4",
             "LOG_LEVEL": "WARNING",
         }
     )

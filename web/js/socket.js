@@ -19,6 +19,7 @@ export const BACKOFF_MAX_MS = 10000;
 
 const AUTH_CODES = new Set([4401, 4403]);
 export const CLOSE_TOO_MANY_SOCKETS = 4429;
+export const CLOSE_TRY_AGAIN_LATER = 1013; // the server process holds all the sockets it can
 export const TOO_MANY_START_ATTEMPT = 3;
 // Codes that say "your request is wrong"; retrying the same URL would not help.
 const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 4400]);
@@ -142,7 +143,8 @@ export class ReconnectingSocket {
         }
         // The error message counts too: a proxy (or a dev server) may turn the close
         // into a bare 1006, losing the code but not the message before it.
-        const tooMany = ev.code === CLOSE_TOO_MANY_SOCKETS || lastErrorCode === 'too_many_sockets';
+        const tooMany = ev.code === CLOSE_TOO_MANY_SOCKETS || lastErrorCode === 'too_many_sockets'
+            || ev.code === CLOSE_TRY_AGAIN_LATER || lastErrorCode === 'server_busy';
         if (tooMany) {
             this.attempt = Math.max(this.attempt, TOO_MANY_START_ATTEMPT);
         } else if (!opened || FATAL_CODES.has(ev.code)) {

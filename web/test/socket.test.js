@@ -88,6 +88,24 @@ test('4429: the error message before the close does not reset the backoff', asyn
     socket.stop();
 });
 
+test('1013 server_busy: backs off like 4429 and says why', async (t) => {
+    const BUSY = 'this server process already serves 584 sockets, all it has threads for';
+    const { socket, statuses } = setup(t, (ws) => {
+        ws.message({ type: 'error', error: 'server_busy', message: BUSY });
+        ws.serverClose(1013, BUSY);
+    });
+    socket.start();
+    await flush();
+    assert.equal(socket.attempt, TOO_MANY_START_ATTEMPT + 1);
+    t.mock.timers.tick(backoffDelay(TOO_MANY_START_ATTEMPT, () => 0) - 1);
+    await flush();
+    assert.equal(FakeSocket.made.length, 1, 'retried before the backoff floor');
+    const [status, detail] = statuses.at(-1);
+    assert.equal(status, 'reconnecting');
+    assert.match(detail, /already serves 584 sockets.*retry in \d+\.\d s/);
+    socket.stop();
+});
+
 test('4429 lost to a bare 1006 close: the error message still slows the retries', async (t) => {
     const { socket } = setup(t, (ws) => {
         ws.message({ type: 'error', error: 'too_many_sockets', message: TOO_MANY });
