@@ -1,12 +1,13 @@
-"""4. Fan-out: N live sockets on one web process, all on one view or each on its own view,
-under a steady background load that changes every view's counts every round.
+"""4. Fan-out: N live sockets on the web server as the product runs it (2 gunicorn workers,
+each its own hub; ``--web-workers 1`` for one process), all on one view or each on its
+own view, under a steady background load that changes every view's counts every round.
 
 Per socket: frames delivered per second, and each frame's delay = the moment the client
 received it - the frame's ``t`` (the instant the hub read the counts for it), over the
 frames the hub built during the measurement (steady state; those built before it, during
 the connect storm, are counted apart). The clients are threads of this process
-(websocket-client), on the same 2 cores as the server, so their own scheduling is part
-of the delay (their CPU share is reported). Server RSS is the gunicorn worker's, sampled
+on the same 2 cores as the server, so their own scheduling is part of the delay (their
+CPU share is reported). Server RSS and CPU are the gunicorn workers', summed, RSS sampled
 every 0.2 s.
 
 By default the clients offer permessage-deflate as browsers do (bench.deflate_client),
@@ -251,11 +252,12 @@ def run(
     measure_s: float = 10.0,
     rate: float = 5_000,
     drivers: int = 5_000,
-    web_workers: int = 1,
+    web_workers: int = 2,
     deflate: bool = True,
 ) -> dict[str, Any]:
     most = max(sockets)
-    threads = most // web_workers + 100
+    # each worker could hold every socket: the kernel does not split them evenly
+    threads = most + 100
     with Stack(
         "fanout",
         processes=("web", "live-worker"),
@@ -306,8 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web-workers",
         type=int,
-        default=1,
-        help="gunicorn workers (each runs its own hub; the kernel spreads the sockets)",
+        default=2,
+        help="gunicorn workers, the product's default 2 (each runs its own hub; the "
+        "kernel spreads the sockets)",
     )
     parser.add_argument(
         "--no-deflate",
