@@ -16,11 +16,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 
 from app.auth import check_token
@@ -39,6 +39,7 @@ CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "try again later": this process is full
 
 _slots_lock = threading.Lock()
+T = TypeVar("T")
 
 
 def send_json(ws: Any, message: dict[str, Any]) -> None:
@@ -97,23 +98,31 @@ def authenticate(ws: Any, role: str) -> tuple[dict[str, Any], str] | None:
         return None
 
 
+def _per_app(name: str, make: Callable[[Flask], T]) -> T:
+    """The object ``make(app)`` built once for this app (this process), under a lock."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    found = app.extensions.get(name)
+    if found is None:
+        with _slots_lock:
+            found = app.extensions.get(name)
+            if found is None:
+                found = app.extensions[name] = make(app)
+    return found  # type: ignore[no-any-return]
+
+
 def socket_slots() -> SocketSlots:
     """This app's (this process's) sockets-per-token accounting."""
-    app = current_app
-    slots = app.extensions.get("heatreplay.socket_slots")
-    if slots is None:
-        with _slots_lock:
-            slots = app.extensions.get("heatreplay.socket_slots")
-            if slots is None:
-                settings: Settings = app.config["SETTINGS"]
-                slots = SocketSlots(
-                    services().redis,
-                    settings.redis_key_prefix,
-                    settings.max_sockets_per_token,
-                    float(app.config.get("SOCKET_SLOT_LEASE_S", SLOT_LEASE_S)),
-                )
-                app.extensions["heatreplay.socket_slots"] = slots
-    return slots  # type: ignore[no-any-return]
+
+    def make(app: Flask) -> SocketSlots:
+        settings: Settings = app.config["SETTINGS"]
+        return SocketSlots(
+            services().redis,
+            settings.redis_key_prefix,
+            settings.max_sockets_per_token,
+            float(app.config.get("SOCKET_SLOT_LEASE_S", SLOT_LEASE_S)),
+        )
+
+    return _per_app("heatreplay.socket_slots", make)
 
 
 class ProcessSockets:
@@ -145,15 +154,9 @@ class ProcessSockets:
 
 
 def process_sockets() -> ProcessSockets:
-    app = current_app
-    found = app.extensions.get("heatreplay.process_sockets")
-    if found is None:
-        with _slots_lock:
-            found = app.extensions.get("heatreplay.process_sockets")
-            if found is None:
-                found = ProcessSockets(app.config["SETTINGS"])
-                app.extensions["heatreplay.process_sockets"] = found
-    return found  # type: ignore[no-any-return]
+    return _per_app(
+        "heatreplay.process_sockets", lambda app: ProcessSockets(app.config["SETTINGS"])
+    )
 
 
 class WsSession:
