@@ -3,6 +3,7 @@ frame whenever the view's counts change, at most LIVE_FPS per second)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -108,6 +109,11 @@ def _pump(ws: Any, mailbox: Mailbox, writer: DirectWriter | None) -> None:
                 mailbox.sent()
     except (ConnectionClosed, OSError):  # closed, or the peer reset the connection
         mailbox.close()
+    finally:
+        rest = mailbox.leftover()
+        if rest is not None and writer is not None:
+            with contextlib.suppress(OSError):
+                writer.finish(rest)  # releases the socket's write lock however it ends
 
 
 def _error(error: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -150,6 +150,14 @@ class Mailbox:
         with self._cond:
             self._sending = False
 
+    def leftover(self) -> bytes | None:
+        """The end of a frame the putter began, still unwritten when the sender stops
+        (the mailbox was closed before the sender took it): it must still be written,
+        since the socket stays locked until it is."""
+        with self._cond:
+            rest, self._rest = self._rest, None
+            return rest
+
     def close(self) -> None:
         with self._cond:
             self.closed = True

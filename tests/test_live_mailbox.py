@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from app.live_api import _pump
 from app.live_hub import QUEUED, REPLACED, WRITTEN, Mailbox
 from app.ws import WholeFrameSocket
 from app.ws_frames import PLAIN, WireMessage
@@ -122,3 +123,22 @@ def test_a_full_socket_leaves_the_frame_to_the_sender(pair):
     frame = WireMessage('{"n":1}')
     assert box.put_frame(frame) == QUEUED
     assert box.take(0) == [frame] and box.written == 0
+
+
+def test_a_frame_begun_before_the_socket_closed_is_finished_and_the_socket_unlocked(pair):
+    """The hub wrote part of a frame; the socket's handler ended (the mailbox closed)
+    before the sender looked. The sender still writes the end and lets go of the lock,
+    or the close frame after it would wait forever."""
+    sock, peer = pair
+    box = Mailbox(SocketWriter(sock))
+    big = WireMessage("y" * 1_000_000)
+    wire = big.frame(PLAIN)
+    assert box.put_frame(big) == WRITTEN
+    assert sock._lock.locked()
+    box.close()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(read_exactly(peer, len(wire))))
+    reader.start()
+    _pump(None, box, box.writer)  # returns at once: the mailbox is closed
+    reader.join(10)
+    assert got == [wire] and not sock._lock.locked()
