@@ -244,17 +244,25 @@ class WholeFrameSocket:
     a partial write, and its own thread sends pings and pongs on the same socket as our
     sender thread: under backpressure a frame was cut short, or two frames interleaved,
     and the client saw garbage ("rsv is not implemented"). Here every write is whole
-    (``sendall``) and writes take turns. ``form`` is how our text messages are framed
-    on this socket (app.ws_frames.wire_form)."""
+    (``sendall``) and writes take turns. Once a close frame has gone out, data frames
+    are dropped: RFC 6455 allows none after it, and a frame that raced the close (the
+    hub's, or a sender's that checked ``connected`` just before) would reach the client
+    as a protocol error instead of the close code. ``form`` is how our text messages
+    are framed on this socket (app.ws_frames.wire_form)."""
 
     def __init__(self, sock: socket.socket, form: str | None = None):
         self._sock = sock
         self._lock = threading.Lock()
         self.form = form
+        self.closing = False  # a close frame was written
 
     def send(self, data: bytes) -> int:
         with self._lock:
+            if self.closing and data and not data[0] & 0x08:
+                return len(data)  # a data frame after our close frame: not sent
             self._sock.sendall(data)
+            if data[:1] == b"\x88":  # FIN + close: simple-websocket's close()
+                self.closing = True
         return len(data)
 
     def try_send(self, data: bytes) -> int:
@@ -264,6 +272,9 @@ class WholeFrameSocket:
         0 and len(data) the socket stays locked until ``finish`` writes the rest, so
         nothing comes between a frame's two parts."""
         if not self._lock.acquire(blocking=False):
+            return 0
+        if self.closing:
+            self._lock.release()
             return 0
         try:
             n = self._sock.send(data, socket.MSG_DONTWAIT)

@@ -71,3 +71,26 @@ def test_the_bare_socket_does_corrupt_frames():
     """The hazard is real: without the wrapper the same exchange loses its framing."""
     intact, corrupt = _exchange(wrap=False)
     assert corrupt > 0 or intact < 80
+
+
+def test_no_data_frame_follows_a_close_frame() -> None:
+    """A frame racing simple-websocket's close() (written after the close frame, before
+    ``connected`` turns False) is dropped: the client sees the close code, not a
+    protocol error. Pings and pongs may still go."""
+    a, b = socket.socketpair()
+    out = WholeFrameSocket(a)
+    data = b"\x81\x05hello"
+    out.send(data)
+    close = b"\x88\x02\x0f\xa1"  # close 4001
+    out.send(close)
+    out.send(data)  # a sender's frame, late
+    assert out.try_send(data) == 0  # the hub's, late
+    pong = b"\x8a\x00"
+    out.send(pong)
+    a.close()
+    b.settimeout(5)
+    received = b""
+    while chunk := b.recv(4096):
+        received += chunk
+    b.close()
+    assert received == data + close + pong
