@@ -52,8 +52,9 @@ def ws_live(ws: Any) -> None:
 
 
 def _serve_live(session: WsSession) -> None:
-    """The handler thread reads control messages; a sender thread drains the socket's
-    one-slot mailbox, which the process's LiveHub fills with shared frames."""
+    """The handler thread reads control messages; the process's LiveHub writes shared
+    frames to the socket or leaves them in its one-slot mailbox, which a sender thread,
+    started when first needed (LazySender), drains."""
     ws = session.ws
     try:
         view = parse_view(request.args.get("precision"), request.args.get("bbox"))
@@ -63,9 +64,8 @@ def _serve_live(session: WsSession) -> None:
         return
     hub = services().live_hub
     writer = direct_writer(ws)
-    sub = hub.subscribe(view, writer)
-    sender = threading.Thread(target=_pump, args=(ws, sub.mailbox, writer), daemon=True)
-    sender.start()
+    sender = LazySender(ws, writer)
+    sub = hub.subscribe(view, sender.mailbox)
     try:
         while not session.close_if_expired():
             raw = ws.receive(timeout=session.seconds_left())
@@ -88,6 +88,31 @@ def _serve_live(session: WsSession) -> None:
     finally:
         hub.unsubscribe(sub)
         sender.join(5)
+
+
+class LazySender:
+    """A socket's sender thread, started the first time its mailbox holds something
+    (Mailbox's ``on_pending``): while the hub writes every frame itself, as it does for
+    clients that keep up, the socket needs only its handler and simple-websocket's
+    reader thread."""
+
+    def __init__(self, ws: Any, writer: DirectWriter | None):
+        self.ws = ws
+        self.writer = writer
+        self.mailbox = Mailbox(writer, self._start)
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        # called under the mailbox's lock: at most one thread is started
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_pump, args=(self.ws, self.mailbox, self.writer), daemon=True
+            )
+            self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
 
 
 def _pump(ws: Any, mailbox: Mailbox, writer: DirectWriter | None) -> None:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Protocol
@@ -73,15 +73,23 @@ class Mailbox:
     at once by whoever puts it (the hub's round), if the socket takes it without
     waiting: no wake-up of the sender thread, which with 1,000 sockets meant 2,000
     thread switches a second through one GIL. If the socket takes only part, the rest
-    (``writer.finish``) is the sender's first job; if none, the frame waits here."""
+    (``writer.finish``) is the sender's first job; if none, the frame waits here.
+    ``on_pending`` is called (under the mailbox's lock) whenever something is left
+    for the sender: the socket starts its sender thread then, not before, so a socket
+    whose frames the hub always writes itself never has one."""
 
-    def __init__(self, writer: FrameWriter | None = None) -> None:
+    def __init__(
+        self,
+        writer: FrameWriter | None = None,
+        on_pending: Callable[[], None] | None = None,
+    ) -> None:
         self._cond = threading.Condition()
         self._frame: WireMessage | None = None
         self._replies: list[str] = []
         self._rest: bytes | None = None  # a frame's unwritten end; the socket stays locked
         self._sending = False  # the sender holds items taken and not yet sent
         self.writer = writer
+        self._on_pending = on_pending
         self.closed = False
         self.replaced = 0  # frames overwritten before the client took them
         self.written = 0  # frames the putter wrote itself
@@ -105,21 +113,21 @@ class Mailbox:
                     self.written += 1
                     if n < len(data):
                         self._rest = data[n:]
-                        self._cond.notify()
+                        self._pending()
                     return WRITTEN
             outcome = QUEUED
             if self._frame is not None:
                 self.replaced += 1
                 outcome = REPLACED
             self._frame = payload
-            self._cond.notify()
+            self._pending()
             return outcome
 
     def put_reply(self, payload: str) -> None:
         with self._cond:
             if len(self._replies) < MAX_REPLIES:
                 self._replies.append(payload)
-            self._cond.notify()
+            self._pending()
 
     def take(self, timeout: float | None = None) -> list[bytes | str | WireMessage]:
         """What to send, in order: a frame's unwritten end (bytes, for
@@ -145,6 +153,11 @@ class Mailbox:
                 self._frame = None
             self._sending = bool(out)
             return out
+
+    def _pending(self) -> None:
+        self._cond.notify()
+        if self._on_pending is not None:
+            self._on_pending()
 
     def sent(self) -> None:
         with self._cond:
@@ -191,8 +204,8 @@ class LiveHub:
         self._outcomes = [0, 0, 0]  # this round's put_frame outcomes, by WRITTEN...
 
     # --- sockets -------------------------------------------------------------------
-    def subscribe(self, view: View, writer: FrameWriter | None = None) -> Subscription:
-        sub = Subscription(view, Mailbox(writer))
+    def subscribe(self, view: View, mailbox: Mailbox | None = None) -> Subscription:
+        sub = Subscription(view, mailbox or Mailbox())
         self._attach(sub)
         self._ensure_running()
         return sub

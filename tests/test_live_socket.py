@@ -20,7 +20,7 @@ from app.auth import mint_token
 from app.live_counts import LiveCounts
 from app.ping import Ping
 from replay.heat import parse_time_ms
-from tests.conftest import ServedApp
+from tests.conftest import ServedApp, wait_until
 
 VI = (6.4281, 3.4219)  # s14ktf5y
 YABA = (6.5095, 3.3711)  # s14mh9nb
@@ -202,3 +202,28 @@ def test_a_failing_handler_closes_with_an_error_frame_not_a_broken_stream(
     except websocket.WebSocketConnectionClosedException:
         rest = ""
     assert rest == ""
+
+
+def test_a_sender_thread_starts_only_when_a_socket_needs_one(settings, served, live):
+    """Frames the hub writes itself need no sender thread; a control reply does, and
+    then that one socket has one (app.live_api.LazySender)."""
+
+    def senders() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.endswith("(_pump)"))
+
+    wait_until(lambda: senders() == 0, timeout=10)  # earlier tests' sockets are gone
+    live.apply([Ping("a", *VI, now_ms())], now_ms())
+    sockets = [connect(served, settings) for _ in range(3)]
+    try:
+        for ws in sockets:
+            assert json.loads(ws.recv())["cells"] == [["s14kt", 1]]
+        live.apply([Ping("a", *YABA, now_ms())], now_ms())
+        for ws in sockets:
+            assert json.loads(ws.recv())["cells"] == [["s14mh", 1]]
+        assert senders() == 0
+        sockets[0].send('{"op": "nonsense"}')
+        assert json.loads(sockets[0].recv())["error"] == "bad_message"
+        assert senders() == 1
+    finally:
+        for ws in sockets:
+            ws.close()
