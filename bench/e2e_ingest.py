@@ -173,7 +173,7 @@ def run(
     batch: int = 5_000,
     drivers: int = 20_000,
     raw_rows: int = 500_000,
-    rates: tuple[float, ...] = (30_000, 50_000),
+    rates: tuple[float, ...] = (50_000, 60_000, 70_000),
 ) -> dict[str, Any]:
     """An unpaced phase (what ingest accepts when flooded, and what the consumers do
     meanwhile), then paced phases at ``rates``; then the raw COPY rate. The headline
@@ -215,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drivers", type=int, default=20_000)
     parser.add_argument("--raw-rows", type=int, default=500_000)
     parser.add_argument(
-        "--rates", default="30000,50000", help="paced phases, pings/s (comma-separated)"
+        "--rates", default="50000,60000,70000", help="paced phases, pings/s (comma-separated)"
     )
 
 
