@@ -17,7 +17,7 @@ from app.auth import require_role
 from app.live_hub import Mailbox, with_live_markers
 from app.services import services
 from app.ws import (
-    DirectWriter,
+    WholeFrameSocket,
     WsSession,
     direct_writer,
     parse_message,
@@ -96,7 +96,7 @@ class LazySender:
     clients that keep up, the socket needs only its handler and simple-websocket's
     reader thread."""
 
-    def __init__(self, ws: Any, writer: DirectWriter | None):
+    def __init__(self, ws: Any, writer: WholeFrameSocket | None):
         self.ws = ws
         self.writer = writer
         self.mailbox = Mailbox(writer, self._start)
@@ -115,7 +115,7 @@ class LazySender:
             self._thread.join(timeout)
 
 
-def _pump(ws: Any, mailbox: Mailbox, writer: DirectWriter | None) -> None:
+def _pump(ws: Any, mailbox: Mailbox, writer: WholeFrameSocket | None) -> None:
     """Send whatever the mailbox holds; a slow client blocks only this thread, and
     meanwhile newer frames replace older ones in the mailbox. A frame is the same
     WireMessage for every socket on its view: framed and compressed once. Frames the

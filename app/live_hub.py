@@ -57,9 +57,9 @@ def view_key(view: View) -> tuple[Any, ...]:
 
 
 class FrameWriter(Protocol):
-    """What a socket offers the hub to write a frame itself (app.ws.DirectWriter)."""
+    """What a socket offers the hub to write a frame itself (app.ws.WholeFrameSocket)."""
 
-    form: str
+    form: str | None
 
     def try_send(self, data: bytes) -> int: ...
 

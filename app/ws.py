@@ -295,29 +295,15 @@ class WholeFrameSocket:
         return getattr(self._sock, name)
 
 
-class DirectWriter:
-    """A socket's frames, written by the live hub itself when the socket takes them at
-    once (app.live_hub.Mailbox): only our framing, only while the socket is open."""
-
-    def __init__(self, ws: Any, sock: WholeFrameSocket, form: str):
-        self.ws = ws
-        self.sock = sock
-        self.form = form
-
-    def try_send(self, data: bytes) -> int:
-        return self.sock.try_send(data) if self.ws.connected else 0
-
-    def finish(self, rest: bytes) -> None:
-        self.sock.finish(rest)
-
-
-def direct_writer(ws: Any) -> DirectWriter | None:
-    """None where a non-blocking write is not ours to make: wsproto frames this
-    socket's messages, or the socket has a timeout (Python would wait in poll first)."""
+def direct_writer(ws: Any) -> WholeFrameSocket | None:
+    """The socket the live hub may write frames to itself (``try_send``/``finish``;
+    once the close frame is out it takes none); None where a non-blocking write is not
+    ours to make: wsproto frames this socket's messages, or the socket has a timeout
+    (Python would wait in poll first)."""
     sock = ws.sock
     if not isinstance(sock, WholeFrameSocket) or sock.form is None or sock.gettimeout():
         return None
-    return DirectWriter(ws, sock, sock.form)
+    return sock
 
 
 def make_writes_safe(ws: Any) -> None:

@@ -71,7 +71,8 @@ class WireMessage:
         self._deflated: bytes | None = None
         self._lock = threading.Lock()
 
-    def frame(self, form: str) -> bytes:
+    def frame(self, form: str | None) -> bytes:
+        """The deflated frame for DEFLATE, else the plain one."""
         if form == DEFLATE:
             if self._deflated is None:
                 with self._lock:  # sender threads of one view ask at the same moment

@@ -17,21 +17,6 @@ from app.ws import WholeFrameSocket
 from app.ws_frames import PLAIN, WireMessage
 
 
-class SocketWriter:
-    """app.ws.DirectWriter without the WebSocket around it (always open)."""
-
-    form = PLAIN
-
-    def __init__(self, sock: WholeFrameSocket):
-        self.sock = sock
-
-    def try_send(self, data: bytes) -> int:
-        return self.sock.try_send(data)
-
-    def finish(self, rest: bytes) -> None:
-        self.sock.finish(rest)
-
-
 @pytest.fixture
 def pair() -> Iterator[tuple[WholeFrameSocket, socket.socket]]:
     a, b = socket.socketpair()
@@ -54,7 +39,7 @@ def read_exactly(sock: socket.socket, n: int) -> bytes:
 
 def test_a_frame_the_socket_takes_at_once_is_written_by_the_putter(pair):
     sock, peer = pair
-    box = Mailbox(SocketWriter(sock))
+    box = Mailbox(sock)
     frame = WireMessage('{"type":"frame","cells":[["s14mh",1]]}')
     assert box.put_frame(frame) == WRITTEN
     assert read_exactly(peer, len(frame.frame(PLAIN))) == frame.frame(PLAIN)
@@ -63,7 +48,7 @@ def test_a_frame_the_socket_takes_at_once_is_written_by_the_putter(pair):
 
 def test_a_frame_taken_in_part_holds_the_socket_until_its_end_is_written(pair):
     sock, peer = pair
-    box = Mailbox(SocketWriter(sock))
+    box = Mailbox(sock)
     big = WireMessage("x" * 1_000_000)
     wire = big.frame(PLAIN)
     assert box.put_frame(big) == WRITTEN  # begun: the kernel took what fitted
@@ -97,7 +82,7 @@ def test_a_frame_taken_in_part_holds_the_socket_until_its_end_is_written(pair):
 
 def test_frames_wait_behind_replies_and_a_busy_sender(pair):
     sock, peer = pair
-    box = Mailbox(SocketWriter(sock))
+    box = Mailbox(sock)
     box.put_reply('{"type":"error"}')
     first = WireMessage('{"n":1}')
     assert box.put_frame(first) == QUEUED  # the reply goes first, so the frame waits
@@ -119,7 +104,7 @@ def test_a_full_socket_leaves_the_frame_to_the_sender(pair):
         n = sock.try_send(b"\x00" * 65536)
     if n:
         sock.finish(b"")  # a partial write kept the lock
-    box = Mailbox(SocketWriter(sock))
+    box = Mailbox(sock)
     frame = WireMessage('{"n":1}')
     assert box.put_frame(frame) == QUEUED
     assert box.take(0) == [frame] and box.written == 0
@@ -130,7 +115,7 @@ def test_a_frame_begun_before_the_socket_closed_is_finished_and_the_socket_unloc
     before the sender looked. The sender still writes the end and lets go of the lock,
     or the close frame after it would wait forever."""
     sock, peer = pair
-    box = Mailbox(SocketWriter(sock))
+    box = Mailbox(sock)
     big = WireMessage("y" * 1_000_000)
     wire = big.frame(PLAIN)
     assert box.put_frame(big) == WRITTEN
