@@ -207,7 +207,11 @@ def test_simulated_backfill_day_lists_its_morning_and_evening_peaks(
     fleet = Fleet(30, 42, start, ping_interval=60.0)
     per_minute = Counter(p.ts // 60_000 for b in iter_backfill(fleet, start, end, 60.0) for p in b)
     assert sum(per_minute.values()) == sent
-    first, last = -(-ms(start) // 60_000), ms(end) // 60_000 - 60
+    # the page's range inputs hold minutes (datetime-local): it asks from the minute
+    # holding `start`, so a window may start there (then it counts that minute's pings,
+    # all at or after `start`); this mattered only when the run's time of day put a
+    # rush hour at the range's first minute
+    first, last = ms(start) // 60_000, ms(end) // 60_000 - 60
     windows = sorted(
         ((sum(per_minute[m] for m in range(s, s + 60)), s) for s in range(first, last + 1)),
         key=lambda w: (-w[0], w[1]),
