@@ -34,7 +34,9 @@ def _counts(stack: Stack) -> tuple[float, float, float]:
 def raw_copy_rate(stack: Stack, rows: int, chunk: int = 100_000) -> dict[str, Any]:
     """Binary COPY of ``rows`` pre-encoded pings into the same partitioned ``pings`` table
     (today's partition, same indexes) the sink writes, one transaction per chunk; the
-    encoding is done before the clock starts, so this is PostgreSQL's limit here."""
+    encoding is done before the clock starts, so this is PostgreSQL's limit here. Every
+    row has its own point (multiplicative steps modulo two coprime ranges), as the load
+    generator's pings do."""
     now_ms = int(time.time() * 1000)
     streams = []
     for start in range(0, rows, chunk):
@@ -44,8 +46,8 @@ def raw_copy_rate(stack: Stack, rows: int, chunk: int = 100_000) -> dict[str, An
                 [
                     Ping(
                         f"raw-{(start + i) % 20_000:06d}",
-                        6.4 + ((start + i) * 7919 % 30_000) / 100_000,
-                        3.1 + ((start + i) * 104_729 % 60_000) / 100_000,
+                        6.4 + ((start + i) * 7919 % 299_993) / 1_000_000,
+                        3.1 + ((start + i) * 104_729 % 599_999) / 1_000_000,
                         now_ms - (start + i) % 60_000,
                         30.5,
                         90.0,
@@ -188,10 +190,11 @@ def run(
             threads=threads,
             batch=batch,
             drivers=drivers,
+            distinct_s=duration_s,  # a paced phase posts every position once
         )
         phases = [phase(stack, base, duration_s)]
-        for rate in rates:
-            phases.append(phase(stack, replace(base, rate=rate), duration_s))
+        for n, rate in enumerate(rates, 1):
+            phases.append(phase(stack, replace(base, rate=rate, seed=n), duration_s))
         raw = raw_copy_rate(stack, raw_rows)
     kept = [p for p in phases if p["live_keeps_up"] and p["sink_keeps_up"]]
     best = max(kept or phases, key=lambda p: p["pipeline_pings_per_s"])

@@ -9,6 +9,7 @@ as the server answers (keep-alive connections, one request in flight per thread)
 
 from __future__ import annotations
 
+import functools
 import http.client
 import math
 import multiprocessing as mp
@@ -22,8 +23,27 @@ import msgspec
 
 LAGOS = (3.10, 6.40, 3.70, 6.70)  # west, south, east, north
 BODIES_PER_THREAD = 8
+MAX_BODIES_PER_THREAD = 100  # 100 x 5,000 pings: ~45 MB of bodies per thread
 STEPS = 8  # a driver's positions cycle through this many steps
 STEP_DEG = 0.0005  # ~55 m: 30 km/h for ~7 s
+NOISE_DEG = 0.00006  # positions jitter by up to +-0.00003 deg (~3 m), like GPS fixes
+
+
+@functools.lru_cache(maxsize=4)
+def _tracks(
+    drivers: int, bbox: tuple[float, ...]
+) -> list[tuple[float, float, float, float, float]]:
+    """Each driver's fixed spot, step (d lat, d lon of ~55 m) and heading in degrees."""
+    west, south, east, north = bbox
+    out = []
+    for n in range(drivers):
+        spot = random.Random(n)
+        lat0 = south + spot.random() * (north - south)
+        lon0 = west + spot.random() * (east - west)
+        heading = spot.random() * 2 * math.pi
+        dlat, dlon = math.cos(heading) * STEP_DEG, math.sin(heading) * STEP_DEG
+        out.append((lat0, lon0, dlat, dlon, round(math.degrees(heading), 1) % 360))
+    return out
 
 
 def build_bodies(
@@ -34,31 +54,30 @@ def build_bodies(
     process) and body k puts it k steps of ~55 m along its own heading, so consecutive
     pings of a driver mostly change only its geohash-7/8 cell, as real 5-10 s pings do.
     (Random positions per ping would change all 8 precisions per ping, the worst case
-    for the live counters.)"""
+    for the live counters.) Every position carries GPS noise of up to ~3 m drawn from
+    ``seed``, so no two pings share a point, as with a real fleet: repeated points are
+    cheaper for the spatial index (docs/performance.md, ninth round)."""
     rnd = random.Random(seed)
+    noise = rnd.random
     west, south, east, north = bbox
+    tracks = _tracks(drivers, bbox)
     bodies = []
     cursor = rnd.randrange(drivers)
     for k in range(count):
         pings = []
         for _ in range(batch):
             n = cursor % drivers
-            spot = random.Random(n)
-            lat0 = south + spot.random() * (north - south)
-            lon0 = west + spot.random() * (east - west)
-            heading = spot.random() * 2 * math.pi
+            lat0, lon0, dlat, dlon, degrees = tracks[n]
             step = (k + (cursor // drivers)) % STEPS
+            lat = lat0 + dlat * step + (noise() - 0.5) * NOISE_DEG
+            lon = lon0 + dlon * step + (noise() - 0.5) * NOISE_DEG
             pings.append(
                 {
                     "driver_id": f"drv-{n:06d}",
-                    "lat": round(
-                        min(north, max(south, lat0 + math.cos(heading) * STEP_DEG * step)), 6
-                    ),
-                    "lon": round(
-                        min(east, max(west, lon0 + math.sin(heading) * STEP_DEG * step)), 6
-                    ),
+                    "lat": round(min(north, max(south, lat)), 6),
+                    "lon": round(min(east, max(west, lon)), 6),
                     "speed_kmh": 30.5,
-                    "heading": round(math.degrees(heading), 1) % 360,
+                    "heading": degrees,
                 }
             )
             cursor += 1
@@ -75,6 +94,18 @@ class LoadSpec:
     batch: int = 5_000
     drivers: int = 20_000
     rate: float | None = None  # pings/s for the whole generator; None = as fast as possible
+    seed: int = 0  # phases of one run with different seeds post different positions
+    distinct_s: float = 0.0  # build enough bodies that this many seconds repeat none
+
+    def bodies_per_thread(self) -> int:
+        """Bodies each thread cycles through: enough for ``distinct_s`` seconds of its
+        share of ``rate`` (unpaced: the cap), at least ``BODIES_PER_THREAD``."""
+        if not self.distinct_s:
+            return BODIES_PER_THREAD
+        if not self.rate:
+            return MAX_BODIES_PER_THREAD
+        per_thread = self.rate * self.distinct_s / (self.processes * self.threads * self.batch)
+        return max(BODIES_PER_THREAD, min(MAX_BODIES_PER_THREAD, math.ceil(per_thread) + 1))
 
 
 def _thread(
@@ -122,7 +153,9 @@ def _process(spec: LoadSpec, index: int, stop: Any, ready: Any, accepted: Any, e
     per_thread = spec.rate / (spec.processes * spec.threads) if spec.rate else None
     for t in range(spec.threads):
         n = index * spec.threads + t
-        bodies = build_bodies(BODIES_PER_THREAD, spec.batch, spec.drivers, seed=1000 + n)
+        bodies = build_bodies(
+            spec.bodies_per_thread(), spec.batch, spec.drivers, seed=1000 + n + 7919 * spec.seed
+        )
         phase = n / (spec.processes * spec.threads)  # spread paced threads over the interval
         threads.append(
             threading.Thread(
