@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from app import metrics
 from app.kafka_io import PingProducer
 from app.live_counts import LiveCounts
 from app.live_worker import LiveWorker
-from app.postgis_sink import PostgisSink
+from app.postgis_sink import PostgisSink, decode_batch
 from tests.conftest import read_topic, wait_until
 from tests.faults import check_history, key_of, keyed_pings, produce
 
@@ -27,7 +27,25 @@ POISON = [
     b'{"driver_id": "fast", "lat": 6.5, "lon": 3.4, "ts": 3, "speed_kmh": 1e39}',
     b'{"driver_id": "north", "lat": 1000.0, "lon": 3.4, "ts": 3}',
     b'{"driver_id": "nul\\u0000id", "lat": 6.5, "lon": 3.4, "ts": 3}',
+    # bytes that are no ping alone but join into pings: decoding a batch's values joined
+    # into one list stored these (and the sink stopped on a value holding two)
+    b'{"driver_id": "a", "lat": 6.5, "lon": 3.4, "ts": 3},{"driver_id": "b", "lat": 6.5, '
+    b'"lon": 3.4, "ts": 3}',
+    b'{"driver_id": "half", "lat": 6.5',
+    b'"lon": 3.4, "ts": 3}',
 ]
+
+
+def test_each_message_decodes_to_its_own_item_whatever_its_neighbours_hold():
+    good = b'{"driver_id": "ok", "lat": 6.5, "lon": 3.4, "ts": 3}'
+    values = [good, POISON[-3], good, POISON[-2], POISON[-1], good]
+    items = decode_batch(
+        [Message(topic="t", partition=0, offset=i, value=v) for i, v in enumerate(values)]
+    )
+    assert len(items) == len(values)
+    kinds = ["ping" if not isinstance(item, str) else "dead" for item in items]
+    assert kinds == ["ping", "dead", "ping", "dead", "dead", "ping"]
+    assert [item.driver_id for item in items if not isinstance(item, str)] == ["ok"] * 3
 
 
 def test_poison_goes_to_dead_letters_and_the_workers_carry_on(settings, db, run_in_background):
