@@ -6,12 +6,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import KafkaException, Message, Producer
 
 from app.kafka_io import BrokerUnavailable, producer_config
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A dead letter carries at most this much of the message's value and key. A message near
+# the broker's size limit (~1 MB by default) no longer fits once the dead-letter headers
+# are added; producing it raised MSG_SIZE_TOO_LARGE and the worker stopped on it at every
+# restart. A ping is ~100 bytes: anything cut here is no ping, and the record says where
+# the whole message still is (topic, partition, offset) and how long it was.
+MAX_VALUE_BYTES = 256 * 1024
+MAX_KEY_BYTES = 4 * 1024
+
+
+def _capped(
+    name: str, data: bytes | None, limit: int, headers: list[tuple[str, bytes]]
+) -> bytes | None:
+    if data is None or len(data) <= limit:
+        return data
+    headers.append((f"{name}_bytes", str(len(data)).encode()))
+    headers.append(("truncated", name.encode()))
+    return data[:limit]
 
 
 class DeadLetters:
@@ -39,19 +57,28 @@ class DeadLetters:
                 msg.offset(),
                 reason,
             )
-            self._producer.produce(
-                self.settings.topic_dlq,
-                value=msg.value(),
-                key=msg.key(),
-                headers=[
-                    ("reason", reason.encode()),
-                    ("source", self.source.encode()),
-                    ("topic", (msg.topic() or "").encode()),
-                    ("partition", str(msg.partition()).encode()),
-                    ("offset", str(msg.offset()).encode()),
-                ],
-                on_delivery=on_delivery,
-            )
+            headers = [
+                ("reason", reason.encode()),
+                ("source", self.source.encode()),
+                ("topic", (msg.topic() or "").encode()),
+                ("partition", str(msg.partition()).encode()),
+                ("offset", str(msg.offset()).encode()),
+            ]
+            value = _capped("value", msg.value(), MAX_VALUE_BYTES, headers)
+            key = _capped("key", msg.key(), MAX_KEY_BYTES, headers)
+            try:
+                self._producer.produce(
+                    self.settings.topic_dlq,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+            except (KafkaException, BufferError) as exc:
+                # the caller retries with backoff (and a fresh producer) instead of
+                # exiting on a message it would meet again after every restart
+                failures.append(str(exc))
+                break
         remaining = self._producer.flush(self.settings.produce_timeout_s + 2)
         if failures or remaining:
             # an idempotent producer whose broker lost its producer id (a restarted

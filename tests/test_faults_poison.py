@@ -103,3 +103,28 @@ def test_poison_goes_to_dead_letters_and_the_workers_carry_on(settings, db, run_
     assert sum(cells.values()) == 100  # 100 distinct drivers, all inside the window
     client.close()
     assert sink.stats.dead_letters == live.stats.dead_letters == len(POISON)
+
+
+def test_a_message_too_large_to_dead_letter_whole_is_cut_and_says_so(settings):
+    """Near the broker's size limit a message no longer fits once the dead-letter headers
+    are added: producing it raised and the worker stopped on it at every restart."""
+    from app.dead_letter import MAX_VALUE_BYTES, DeadLetters
+
+    value = b"x" * 999_900
+    message = Message(topic=settings.topic_pings, partition=1, offset=7, key=b"big", value=value)
+    dead = DeadLetters(settings, "postgis_sink")
+    try:
+        dead.send([(message, "not a ping")])
+    finally:
+        dead.close()
+    (record,) = read_topic(settings, settings.topic_dlq)
+    headers = dict(record.headers())
+    assert record.value() == value[:MAX_VALUE_BYTES]
+    assert record.key() == b"big"
+    assert headers["truncated"] == b"value"
+    assert headers["value_bytes"] == b"999900"
+    assert (headers["topic"], headers["partition"], headers["offset"]) == (
+        settings.topic_pings.encode(),
+        b"1",
+        b"7",
+    )
