@@ -23,7 +23,7 @@ MAX_KEY_BYTES = 4 * 1024
 
 
 def _capped(
-    name: str, data: bytes | None, limit: int, headers: list[tuple[str, bytes]]
+    name: str, data: bytes | None, limit: int, headers: list[tuple[str, str | bytes | None]]
 ) -> bytes | None:
     if data is None or len(data) <= limit:
         return data
@@ -57,7 +57,7 @@ class DeadLetters:
                 msg.offset(),
                 reason,
             )
-            headers = [
+            headers: list[tuple[str, str | bytes | None]] = [
                 ("reason", reason.encode()),
                 ("source", self.source.encode()),
                 ("topic", (msg.topic() or "").encode()),

@@ -234,6 +234,11 @@ def delete_topics(settings: Settings, names: Iterable[str]) -> None:
             future.result(timeout=15)
 
 
+class ProbeTimeout(Exception):
+    """The broker answered neither with the message nor with the partition's end in
+    time: whether the offset exists is unknown, which is not the same as "it does not"."""
+
+
 class OffsetProbe:
     """Reads single messages at chosen offsets outside any group: how the workers learn
     a message's CreateTime (this broker's offsets_for_times is unreliable) and whether an
@@ -260,8 +265,8 @@ class OffsetProbe:
     def message_at(
         self, topic: str, partition: int, offset: int, timeout_s: float = 5.0
     ) -> Message | None:
-        """The message at ``offset`` (or the first after it), None if there is none
-        within ``timeout_s``."""
+        """The message at ``offset`` (or the first after it); None if the partition ends
+        before it. Raises ProbeTimeout if the broker says neither within ``timeout_s``."""
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + timeout_s
         try:
@@ -272,7 +277,27 @@ class OffsetProbe:
                         return msg
                     if err is not None and err.code() == KafkaError._PARTITION_EOF:
                         return None
-            return None
+            raise ProbeTimeout(f"{topic}[{partition}] offset {offset}: no answer in {timeout_s} s")
+        finally:
+            self._consumer.unassign()
+
+    def end_offset(self, topic: str, partition: int, timeout_s: float = 5.0) -> tuple[int, int]:
+        """(low, end): the partition's first offset and the offset after its last
+        message, read by fetching, not from the reported end (which trails
+        multi-message batches here) nor from a fetch past the end (which this broker
+        leaves unanswered). Reads from the last reported message to the partition's
+        end. Raises ProbeTimeout if the broker does not get there within ``timeout_s``."""
+        low, high = self.watermarks(topic, partition, timeout_s)
+        self._consumer.assign([TopicPartition(topic, partition, max(low, high - 1))])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                # a short wait per call: consume() waits for all it asked for
+                for msg in self._consumer.consume(num_messages=1_000, timeout=min(left, 0.05)):
+                    err = msg.error()
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        return low, int(msg.offset() or 0)
+            raise ProbeTimeout(f"{topic}[{partition}]: its end not reached in {timeout_s} s")
         finally:
             self._consumer.unassign()
 

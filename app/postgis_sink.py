@@ -39,6 +39,7 @@ from app.kafka_io import (
     FETCH_MIN_BYTES_SINK,
     BrokerUnavailable,
     OffsetProbe,
+    ProbeTimeout,
     consume_batch,
     consumer_config,
 )
@@ -295,21 +296,31 @@ class PostgisSink:
         """A stored position past the topic's end means the topic was recreated (the
         in-memory dev broker forgets everything on restart). Seeking there would skip
         every new message silently, so start that partition again from its beginning:
-        its new messages are pings PostgreSQL has never seen."""
+        its new messages are pings PostgreSQL has never seen. Only the partition's end
+        as read by fetching counts (``OffsetProbe.end_offset``): a probe the broker
+        leaves unanswered (a stalled broker) is asked again, since starting over a
+        partition that was not recreated writes all of it a second time."""
         topic = self.settings.topic_pings
         probe = OffsetProbe(self.settings)
         try:
             for part, offset in list(stored.items()):
                 if offset <= 0:
                     continue
-                try:
-                    low, high = probe.watermarks(topic, part)
-                except KafkaException as exc:
-                    log.warning("sink: no watermarks for %s[%d]: %s", topic, part, exc)
-                    continue
-                # the reported end trails multi-message batches: only a missing last
-                # message proves the partition is shorter than our position
-                if offset <= high or probe.message_at(topic, part, offset - 1) is not None:
+                backoff = Backoff(self.stop)
+                while True:
+                    try:
+                        low, end = probe.end_offset(topic, part)
+                        gone = offset > end
+                        break
+                    except KafkaException as exc:
+                        log.warning("sink: no watermarks for %s[%d]: %s", topic, part, exc)
+                        gone = False
+                        break
+                    except ProbeTimeout as exc:
+                        log.warning("sink: cannot tell whether %s; asking again", exc)
+                        if not backoff.wait():
+                            return stored  # stopping: nothing is written
+                if not gone:
                     continue
                 log.error(
                     "sink: %s[%d] ends before the stored offset %d (topic recreated?); "

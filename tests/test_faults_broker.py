@@ -5,7 +5,10 @@ process so the session's broker is never disturbed."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -13,10 +16,10 @@ import pytest
 from app import create_app
 from app.auth import mint_token
 from app.broker import start_embedded_broker
-from app.kafka_io import ensure_topics
+from app.kafka_io import OffsetProbe, PingProducer, ensure_topics
 from app.postgis_sink import PostgisSink
 from tests.conftest import OUTPUT, free_port, wait_until
-from tests.faults import row_count, stored_keys
+from tests.faults import check_history, key_of, keyed_pings, produce, row_count, stored_keys
 
 
 @pytest.fixture
@@ -40,7 +43,7 @@ def own_broker(settings):
         procs[-1].wait(10)
 
     start()
-    yield s, start, stop
+    yield s, start, stop, procs
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -54,7 +57,7 @@ def pings(prefix: str, n: int) -> list[dict]:
 
 
 def test_broker_down_means_503_then_202_and_the_sink_catches_up(own_broker, db, run_in_background):
-    s, start, stop = own_broker
+    s, start, stop, _procs = own_broker
     app = create_app(s)
     client = app.test_client()
     headers = {"Authorization": f"Bearer {mint_token(s, 'ingest')}"}
@@ -88,3 +91,47 @@ def test_broker_down_means_503_then_202_and_the_sink_catches_up(own_broker, db, 
         assert sink.stats.topic_resets == 1
     finally:
         app.extensions["heatreplay"].close()
+
+
+def test_a_broker_stalled_during_the_restart_check_does_not_rewrite_history(
+    own_broker, db, monkeypatch, run_in_background
+):
+    """On restart the sink asks whether its stored offset still exists (a recreated topic
+    starts over). A stall there used to read as "it does not": the sink rebased to 0 and
+    wrote the whole partition a second time. Now only the broker's answer counts."""
+    s, _start, _stop, procs = own_broker
+    s = s.with_(sink_batch_wait_s=1.0, produce_timeout_s=10.0)
+    pings = keyed_pings(300)
+    producer = PingProducer(s)
+    produce(producer, pings)
+    producer.close()
+    first = run_in_background(PostgisSink(s))
+    wait_until(lambda: first.worker.stats.rows >= 300, timeout=60)
+    first.worker.stop.set()
+    first.thread.join(30)
+    assert first.worker.stats.rows == 300
+
+    broker = procs[-1]
+    read_watermarks = OffsetProbe.watermarks
+    stalls: list[float] = []
+
+    def stall_after(self, topic, partition, timeout_s=5.0):  # the real answer, then a stall
+        answer = read_watermarks(self, topic, partition, timeout_s)
+        if not stalls:
+            stalls.append(time.monotonic())
+            os.kill(broker.pid, signal.SIGSTOP)
+            threading.Timer(6.0, os.kill, (broker.pid, signal.SIGCONT)).start()
+        return answer
+
+    monkeypatch.setattr(OffsetProbe, "watermarks", stall_after)
+    sink = PostgisSink(s)
+    run_in_background(sink)
+    wait_until(lambda: stalls, timeout=30)
+    later = keyed_pings(100, start=300)
+    producer = PingProducer(s)
+    produce(producer, later)
+    producer.close()
+    wait_until(lambda: sink.stats.rows >= 100, timeout=90)
+    assert sink.stats.topic_resets == 0
+    check = check_history(db, {key_of(p) for p in pings + later})
+    assert check.exact, check.as_dict()
