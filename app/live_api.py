@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from app.ws import (
 from replay.heat import View, ViewError, build_frame, parse_view
 
 bp = Blueprint("live", __name__)
+log = logging.getLogger(__name__)
 
 
 def live_frame(view: View, now_ms: int | None = None) -> dict[str, Any]:
@@ -104,11 +106,17 @@ class LazySender:
 
     def _start(self) -> None:
         # called under the mailbox's lock: at most one thread is started
-        if self._thread is None:
-            self._thread = threading.Thread(
+        if self._thread is None and not self.mailbox.closed:
+            thread = threading.Thread(
                 target=_pump, args=(self.ws, self.mailbox, self.writer), daemon=True
             )
-            self._thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the process has no thread left to give
+                log.warning("live socket: no sender thread (%s); dropping the socket", exc)
+                self.mailbox.abandon()
+                return
+            self._thread = thread
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:

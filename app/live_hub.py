@@ -65,6 +65,8 @@ class FrameWriter(Protocol):
 
     def finish(self, rest: bytes) -> None: ...
 
+    def abandon(self, frame_begun: bool) -> None: ...
+
 
 class Mailbox:
     """The newest frame plus a few control replies, waiting for one socket's sender.
@@ -175,6 +177,17 @@ class Mailbox:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+
+    def abandon(self) -> None:
+        """No sender can be had (no thread to start): close, and have the writer drop
+        the connection, releasing the socket if a frame was begun; the client then
+        reconnects rather than waiting on a socket nobody writes."""
+        with self._cond:
+            self.closed = True
+            frame_begun, self._rest = self._rest is not None, None
+            self._cond.notify_all()
+            if self.writer is not None:
+                self.writer.abandon(frame_begun)
 
 
 @dataclass(eq=False)
@@ -315,6 +328,12 @@ class LiveHub:
                 log.warning("live hub: cannot read live counts: %s", exc)
                 self._dirty.set()
                 self._stop.wait(1.0)
+            except Exception:
+                # the hub thread serves every live socket of the process: a round that
+                # fails is logged and retried, never the end of the thread
+                log.exception("live hub: a round failed")
+                self._dirty.set()
+                self._stop.wait(1.0)
 
     def build_and_deliver(self) -> int:
         """One round: counts once per precision, one frame per view, to every mailbox
@@ -414,7 +433,10 @@ class LiveHub:
             self._covers.setdefault(key, prefixes)
             outcomes = self._outcomes
             for sub in members:
-                outcomes[sub.mailbox.put_frame(payload)] += 1
+                try:
+                    outcomes[sub.mailbox.put_frame(payload)] += 1
+                except Exception:  # one socket's trouble is not the other sockets'
+                    log.exception("live hub: cannot hand a frame to a socket")
 
     def _wants_markers(self, view: View, built: _Built) -> bool:
         """replay.heat.markers_wanted, on a frame still in parts."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -37,6 +38,11 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "try again later": this process is full
+# A client whose connection takes no byte of a frame for this long is gone (or frozen,
+# or hostile): its socket is shut down. Without a limit one write waited forever holding
+# the socket's write lock, and with it simple-websocket's pings (the only thing that
+# drops dead clients), the handler, and the socket's place in the process.
+WRITE_STALL_S = 30.0
 
 _slots_lock = threading.Lock()
 T = TypeVar("T")
@@ -61,7 +67,7 @@ def refuse(ws: Any, code: int, error: str, message: str) -> None:
     try:
         send_json(ws, {"type": "error", "error": error, "message": message})
         ws.close(reason=code, message=reason)
-    except ConnectionClosed:
+    except (ConnectionClosed, OSError):  # gone already: nothing to tell
         pass
 
 
@@ -227,6 +233,8 @@ def _token_slot(ws: Any, role: str) -> Iterator[WsSession | None]:
         yield WsSession(ws, claims, settings)
     except ConnectionClosed:
         raise
+    except OSError as exc:  # the connection broke under a write: reset, or shut as stalled
+        log.info("socket closed while writing: %s", exc)
     except Exception:
         # Never let an error leave a socket handler: the framework would render an
         # HTTP 500 and the server would write it into the upgraded stream, which the
@@ -250,20 +258,43 @@ class WholeFrameSocket:
     as a protocol error instead of the close code. ``form`` is how our text messages
     are framed on this socket (app.ws_frames.wire_form)."""
 
-    def __init__(self, sock: socket.socket, form: str | None = None):
+    def __init__(
+        self, sock: socket.socket, form: str | None = None, stall_s: float = WRITE_STALL_S
+    ):
         self._sock = sock
         self._lock = threading.Lock()
         self.form = form
+        self.stall_s = stall_s
         self.closing = False  # a close frame was written
 
     def send(self, data: bytes) -> int:
         with self._lock:
             if self.closing and data and not data[0] & 0x08:
                 return len(data)  # a data frame after our close frame: not sent
-            self._sock.sendall(data)
+            self._send_all(data)
             if data[:1] == b"\x88":  # FIN + close: simple-websocket's close()
                 self.closing = True
         return len(data)
+
+    def _send_all(self, data: bytes) -> None:
+        """sendall, except that a connection taking nothing for ``stall_s`` is shut
+        down (TimeoutError): the reader thread then sees the end of the stream, the
+        handler a closed socket, and every writer waiting for the lock an error."""
+        view = memoryview(data)
+        poller: select.poll | None = None
+        while view:
+            try:
+                view = view[self._sock.send(view, socket.MSG_DONTWAIT) :]
+                continue
+            except BlockingIOError:
+                pass
+            if poller is None:
+                poller = select.poll()
+                poller.register(self._sock, select.POLLOUT)
+            if not poller.poll(self.stall_s * 1000):
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                raise TimeoutError(f"the client took nothing for {self.stall_s:g} s")
 
     def try_send(self, data: bytes) -> int:
         """Write without waiting, for the live hub: returns the bytes the kernel took
@@ -287,8 +318,18 @@ class WholeFrameSocket:
     def finish(self, rest: bytes) -> None:
         """The end of a frame ``try_send`` began; the lock it kept is released here."""
         try:
-            self._sock.sendall(rest)
+            self._send_all(rest)
         finally:
+            self._lock.release()
+
+    def abandon(self, frame_begun: bool) -> None:
+        """Drop the connection (the live hub's last resort when a socket can get no
+        sender): shut it down, so no byte follows, and release the lock a begun frame
+        holds, so no writer waits for a rest that will never be written."""
+        self.closing = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if frame_begun:
             self._lock.release()
 
     def __getattr__(self, name: str) -> Any:

@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import redis
@@ -166,3 +167,56 @@ def test_many_street_views_read_around_one_box_holding_them_all() -> None:
     many: list[BBox | None] = [BBox(3.1 + i / 100, 6.4, 3.2 + i / 100, 6.5) for i in range(40)]
     assert live_hub._near(many) == [BBox(3.1, 6.4, 3.2 + 39 / 100, 6.5)]
     assert live_hub._near([*many, None])[-1] is None  # a whole-world view: read all
+
+
+def test_a_failing_round_or_socket_does_not_end_the_hub(
+    hub_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub thread serves every live socket of a web process. A round that raised
+    anything but a Redis error used to end it for good: every socket stayed open and got
+    no frame again. One socket whose mailbox raises must not cost the others theirs."""
+    from app.live_hub import Mailbox
+
+    client = redis.Redis.from_url(hub_settings.redis_url)
+    live = LiveCounts(client, hub_settings)
+    t = int(time.time() * 1000)
+    live.apply([Ping("a", 6.5095, 3.3711, t)], t)
+    hub = LiveHub(client, hub_settings)
+    view = View(6, BBox(*LAGOS))
+
+    class Broken(Mailbox):
+        frames = 0
+
+        def put_frame(self, payload: WireMessage) -> int:
+            self.frames += 1
+            if self.frames > 1:  # every round's frame after the one on connect
+                raise RuntimeError("can't start new thread")
+            return super().put_frame(payload)
+
+    rounds: list[int] = []
+    real_round = hub.build_and_deliver
+
+    def first_round_fails() -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("a bug in a round")
+        return real_round()
+
+    monkeypatch.setattr(hub, "build_and_deliver", first_round_fails)
+    broken = hub.subscribe(view, Broken())
+    healthy = hub.subscribe(view)
+    assert len(broken.mailbox.take(0)) == 1 and len(healthy.mailbox.take(0)) == 1
+    try:
+        deadline = time.monotonic() + 15
+        got: list[object] = []
+        while time.monotonic() < deadline and not got:
+            live.apply([Ping("b", 6.55, 3.40, int(time.time() * 1000))], int(time.time() * 1000))
+            hub._dirty.set()
+            got = healthy.mailbox.take(0.5)
+        assert len(rounds) >= 2, "no round after the failing one"
+        assert got and '"s14mh' in got[-1].text  # type: ignore[attr-defined]
+        assert cast(Broken, broken.mailbox).frames > 1  # its round raised, the other got it
+        assert hub._thread is not None and hub._thread.is_alive()
+    finally:
+        hub.stop()
+        client.close()

@@ -127,3 +127,29 @@ def test_a_frame_begun_before_the_socket_closed_is_finished_and_the_socket_unloc
     _pump(None, box, box.writer)  # returns at once: the mailbox is closed
     reader.join(10)
     assert got == [wire] and not sock._lock.locked()
+
+
+def test_a_socket_that_gets_no_sender_thread_is_dropped_not_left_locked(pair, monkeypatch):
+    """The hub began a frame, the socket took part of it, and no sender thread could be
+    started for the rest (a process at its thread limit). The exception used to leave
+    the hub's round (ending the hub thread) with the socket locked for good."""
+    from app.live_api import LazySender
+
+    sock, peer = pair
+    start = threading.Thread.start
+
+    def no_thread_for_senders(self: threading.Thread) -> None:
+        if "_pump" in self.name:
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_for_senders)
+    sender = LazySender(object(), sock)
+    assert sender.mailbox.put_frame(WireMessage("x" * 1_000_000)) == WRITTEN  # in part
+    assert sender.mailbox.closed
+    assert not sock._lock.locked()
+    peer.settimeout(5)
+    while peer.recv(65536):  # the part that went out, then the end of the stream
+        pass
+    sender.join(1)  # nothing to join, and no error
+    assert sock.closing  # later frames are dropped, not written after the cut

@@ -94,3 +94,40 @@ def test_no_data_frame_follows_a_close_frame() -> None:
         received += chunk
     b.close()
     assert received == data + close + pong
+
+
+def test_a_client_that_takes_nothing_is_cut_off_and_frees_the_socket():
+    """A peer that stops reading (zero window) used to hold a write, and with it the
+    socket's lock, forever: every other writer (simple-websocket's pings, the handler's
+    close) queued behind it. Now a write that moves no byte for ``stall_s`` shuts the
+    connection down and fails, and the writers behind it fail at once too."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    out = WholeFrameSocket(a, stall_s=0.5)
+    errors: list[tuple[str, float, BaseException]] = []
+    started = time.monotonic()
+
+    def write(name: str, size: int) -> None:
+        try:
+            out.send(b"\x81" + bytes(size))
+        except OSError as exc:
+            errors.append((name, time.monotonic() - started, exc))
+
+    big = threading.Thread(target=write, args=("big", 2_000_000))
+    big.start()
+    time.sleep(0.1)
+    behind = threading.Thread(target=write, args=("behind", 10))  # e.g. a ping
+    behind.start()
+    big.join(10)
+    behind.join(10)
+    assert not big.is_alive() and not behind.is_alive()
+    assert sorted(name for name, _, _ in errors) == ["behind", "big"]
+    assert all(elapsed < 5 for _, elapsed, _ in errors)
+    assert any(isinstance(exc, TimeoutError) for _, _, exc in errors)
+    b.settimeout(5)
+    while b.recv(65536):  # what was buffered, then the end of the stream
+        pass
+    assert not out._lock.locked()
+    a.close()
+    b.close()
