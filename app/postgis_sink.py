@@ -202,6 +202,7 @@ class PostgisSink:
         """Write one batch, waiting out PostgreSQL (or dead-letter broker) outages.
         False if stop came first: the batch is abandoned, nothing of it was committed."""
         backoff = Backoff(self.stop)
+        remade_days = False
         while True:
             conn = self._db()
             if conn is None:
@@ -214,6 +215,17 @@ class PostgisSink:
                 self._drop_conn()
             except BrokerUnavailable as exc:
                 log.warning("sink: dead letters not acknowledged (%s); retrying", exc)
+            except psycopg.errors.CheckViolation:
+                # "no partition of relation pings found for row": a day this process
+                # created was dropped since (retention, an operator). Forget the days
+                # and ensure them again, once: the error again after that is real.
+                if remade_days or not self._days:
+                    raise
+                log.warning("sink: a day partition it had made is gone; making it again")
+                remade_days = True
+                self._days.clear()
+                self._drop_conn()
+                continue
             else:
                 self._after_write(consumer, next_offsets, rows, bad)
                 return True

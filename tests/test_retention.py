@@ -3,6 +3,7 @@ rollups, on the real PostGIS schema."""
 
 from __future__ import annotations
 
+import calendar
 from datetime import date, timedelta
 
 import psycopg
@@ -10,7 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.kafka_io import PingProducer
+from app.ping import Ping
+from app.postgis_sink import PostgisSink
 from app.retention import apply_retention, day_partitions
+from tests.conftest import wait_until
+from tests.faults import produce
 
 DAYS = [date(2001, 1, 1) + timedelta(days=i) for i in range(8)]  # 2001-01-01 .. 01-08
 
@@ -94,3 +100,21 @@ def test_cli_dry_run_lists_what_it_would_drop(old_history, database_url):
 
     refused = CliRunner().invoke(main, ["retention", "--days", "-1"])
     assert refused.exit_code == 2 and "-1" in refused.output
+
+
+def test_the_sink_remakes_a_day_partition_dropped_under_it(settings, db, run_in_background):
+    """The sink remembers which day partitions exist. Once retention dropped a day it had
+    written to, a late ping for that day failed the COPY ("no partition found for row")
+    and the sink exited, on every restart until its memory was cleared."""
+    noon_ms = calendar.timegm(date(2001, 2, 3).timetuple()) * 1000 + 12 * 3_600_000
+    sink = PostgisSink(settings)
+    run_in_background(sink)
+    producer = PingProducer(settings)
+    produce(producer, [Ping("late-1", 6.5, 3.4, noon_ms)])
+    wait_until(lambda: sink.stats.rows >= 1, timeout=60)
+    done = apply_retention(settings, days=3, today=date(2001, 2, 10))
+    assert "pings_20010203" in done.dropped
+    produce(producer, [Ping("late-2", 6.5, 3.4, noon_ms + 1)])
+    producer.close()
+    wait_until(lambda: sink.stats.rows >= 2, timeout=60)
+    assert db.execute("SELECT driver_id FROM pings_20010203").fetchall() == [("late-2",)]
