@@ -272,7 +272,7 @@ class WholeFrameSocket:
             if self.closing and data and not data[0] & 0x08:
                 return len(data)  # a data frame after our close frame: not sent
             self._send_all(data)
-            if data[:1] == b"\x88":  # FIN + close: simple-websocket's close()
+            if data and data[0] & 0x08 and _holds_close_frame(data):
                 self.closing = True
         return len(data)
 
@@ -334,6 +334,24 @@ class WholeFrameSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _holds_close_frame(data: bytes) -> bool:
+    """Whether control frames written in one go (simple-websocket's reader answers a
+    ping and a close in the same write: pong, then close) include a close frame.
+    Server frames are unmasked: a header is 2 bytes plus 2 or 8 of extended length."""
+    at = 0
+    while at + 2 <= len(data):
+        if data[at] & 0x0F == 0x8:
+            return True
+        length = data[at + 1] & 0x7F
+        header = 2
+        if length == 126:
+            length, header = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        at += header + length
+    return False
 
 
 def direct_writer(ws: Any) -> WholeFrameSocket | None:

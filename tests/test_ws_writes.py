@@ -96,6 +96,23 @@ def test_no_data_frame_follows_a_close_frame() -> None:
     assert received == data + close + pong
 
 
+def test_a_close_frame_written_behind_a_pong_still_stops_data_frames() -> None:
+    """simple-websocket's reader answers a ping and a close that arrived together in
+    one write, pong first: the close frame in it counts as much as one written alone."""
+    a, b = socket.socketpair()
+    out = WholeFrameSocket(a)
+    pong_then_close = b"\x8a\x64" + bytes(100) + b"\x88\x02\x03\xe8"  # 100-byte pong, 1000
+    out.send(pong_then_close)
+    out.send(b"\x81\x05hello")  # late: dropped
+    a.close()
+    b.settimeout(5)
+    received = b""
+    while chunk := b.recv(4096):
+        received += chunk
+    b.close()
+    assert received == pong_then_close
+
+
 def test_a_client_that_takes_nothing_is_cut_off_and_frees_the_socket():
     """A peer that stops reading (zero window) used to hold a write, and with it the
     socket's lock, forever: every other writer (simple-websocket's pings, the handler's
