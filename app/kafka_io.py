@@ -43,7 +43,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "batch.num.messages": 100_000,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
-        "compression.type": "none",
+        "compression.type": settings.kafka_compression,
         # a message that cannot be delivered within this fails, so a request always ends
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),
         # only failures call back: success is "flush() drained and no error was counted"

@@ -18,6 +18,9 @@ DEV_SECRET = "dev-secret-change-me-never-use-in-production"
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", DEV_SECRET})
 
 
+KAFKA_COMPRESSIONS = ("none", "lz4", "zstd", "snappy", "gzip")
+
+
 class SettingsError(ValueError):
     """A setting is missing or out of range; the message says which and why."""
 
@@ -36,6 +39,7 @@ class Settings:
     group_live: str = "heatreplay-live"
     group_sink: str = "heatreplay-sink"
     kafka_session_timeout_ms: int = 6000
+    kafka_compression: str = "none"
     secret: str = DEV_SECRET
     live_window_s: float = 30.0
     live_fps: float = 2.0
@@ -112,6 +116,8 @@ class Settings:
             raise SettingsError("LIVE_WINDOW_S must be between 0.5 and 3600 seconds")
         if not 0.1 <= self.live_fps <= 30:
             raise SettingsError("LIVE_FPS must be between 0.1 and 30")
+        if self.kafka_compression not in KAFKA_COMPRESSIONS:
+            raise SettingsError(f"KAFKA_COMPRESSION must be one of {', '.join(KAFKA_COMPRESSIONS)}")
         if self.topic_partitions < 1:
             raise SettingsError("TOPIC_PARTITIONS must be >= 1")
         for env_name in (
@@ -152,6 +158,7 @@ ENV_NAMES: dict[str, str] = {
     "GROUP_LIVE": "group_live",
     "GROUP_SINK": "group_sink",
     "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
+    "KAFKA_COMPRESSION": "kafka_compression",
     "HEATREPLAY_SECRET": "secret",
     "LIVE_WINDOW_S": "live_window_s",
     "LIVE_FPS": "live_fps",

@@ -161,3 +161,13 @@ def test_threads_kept_for_http_must_leave_room_for_sockets(threads, http):
         load_settings({"WEB_THREADS": threads, "WEB_HTTP_THREADS": http}, dotenv=None)
     s = load_settings({}, dotenv=None)
     assert (s.web_threads, s.web_http_threads) == (600, 16)
+
+
+def test_kafka_compression_is_one_librdkafka_knows_and_reaches_the_producer():
+    from app.kafka_io import producer_config
+
+    assert producer_config(load_settings({}, dotenv=None))["compression.type"] == "none"
+    chosen = load_settings({"KAFKA_COMPRESSION": "lz4"}, dotenv=None)
+    assert producer_config(chosen)["compression.type"] == "lz4"
+    with pytest.raises(SettingsError, match=r"^KAFKA_COMPRESSION must be one of none, lz4"):
+        load_settings({"KAFKA_COMPRESSION": "brotli"}, dotenv=None)
