@@ -73,6 +73,17 @@ def test_the_bare_socket_does_corrupt_frames():
     assert corrupt > 0 or intact < 80
 
 
+def everything_written(a: socket.socket, b: socket.socket) -> bytes:
+    """Close the writing end, then what the reading end received up to the end."""
+    a.close()
+    b.settimeout(5)
+    received = b""
+    while chunk := b.recv(4096):
+        received += chunk
+    b.close()
+    return received
+
+
 def test_no_data_frame_follows_a_close_frame() -> None:
     """A frame racing simple-websocket's close() (written after the close frame, before
     ``connected`` turns False) is dropped: the client sees the close code, not a
@@ -87,12 +98,7 @@ def test_no_data_frame_follows_a_close_frame() -> None:
     assert out.try_send(data) == 0  # the hub's, late
     pong = b"\x8a\x00"
     out.send(pong)
-    a.close()
-    b.settimeout(5)
-    received = b""
-    while chunk := b.recv(4096):
-        received += chunk
-    b.close()
+    received = everything_written(a, b)
     assert received == data + close + pong
 
 
@@ -104,12 +110,7 @@ def test_a_close_frame_written_behind_a_pong_still_stops_data_frames() -> None:
     pong_then_close = b"\x8a\x64" + bytes(100) + b"\x88\x02\x03\xe8"  # 100-byte pong, 1000
     out.send(pong_then_close)
     out.send(b"\x81\x05hello")  # late: dropped
-    a.close()
-    b.settimeout(5)
-    received = b""
-    while chunk := b.recv(4096):
-        received += chunk
-    b.close()
+    received = everything_written(a, b)
     assert received == pong_then_close
 
 
