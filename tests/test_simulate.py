@@ -477,13 +477,33 @@ def test_run_simulate_live_posts_real_time_pings_until_the_duration() -> None:
 
 
 def test_run_simulate_stops_on_the_stop_event() -> None:
+    """Stopped once it has posted twice. It used to run 5 drivers and stop after 0.3 s:
+    between ~22:00 and 05:00 UTC (night in Lagos) none of the 5 is online, nothing is
+    posted, and the test failed by the time of day. 200 drivers keep >= 13 online at
+    every hour."""
     stop = threading.Event()
-    session = FakeSession()
-    timer = threading.Timer(0.3, stop.set)
-    timer.start()
-    began = time.monotonic()
-    run_simulate("http://h", "t", drivers=5, interval_s=0.05, stop_event=stop, session=session)
-    assert time.monotonic() - began < 2.0 and session.calls
+    safety = threading.Timer(20.0, stop.set)  # never hang the suite
+    safety.start()
+    stopped_at: list[float] = []
+
+    class StopAfterTwo(FakeSession):
+        def post(self, url: str | bytes, data: Any = None, json: Any = None, **kw: Any) -> Any:  # type: ignore[override]
+            answer = super().post(url, data, json, **kw)
+            if len(self.calls) == 2:
+                stopped_at.append(time.monotonic())
+                stop.set()
+            return answer
+
+    session = StopAfterTwo()
+    try:
+        run_simulate(
+            "http://h", "t", drivers=200, interval_s=0.05, stop_event=stop, session=session
+        )
+    finally:
+        safety.cancel()
+    assert stopped_at, "the simulator returned before posting twice"
+    assert time.monotonic() - stopped_at[0] < 2.0
+    assert len(session.calls) in (2, 3)  # at most a post already under way when it stopped
 
 
 def test_run_simulate_surfaces_a_rejected_token() -> None:
