@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import redis
 from confluent_kafka import KafkaException
 
-from app.kafka_io import OffsetProbe, ProbeTimeout
+from app.kafka_io import OffsetProbe
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def first_offset_at(
     lo, hi = low, high
     while lo < hi:
         mid = (lo + hi) // 2
-        try:
-            msg = probe.message_at(topic, partition, mid)
-        except ProbeTimeout:
-            msg = None
+        msg = probe.message_at(topic, partition, mid)
         if msg is None:  # vanished under us, or no answer: read more rather than less
             hi = mid
             break

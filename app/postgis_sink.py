@@ -318,22 +318,12 @@ class PostgisSink:
             for part, offset in list(stored.items()):
                 if offset <= 0:
                     continue
-                backoff = Backoff(self.stop)
-                while True:
-                    try:
-                        low, end = probe.end_offset(topic, part)
-                        gone = offset > end
-                        break
-                    except KafkaException as exc:
-                        log.warning("sink: no watermarks for %s[%d]: %s", topic, part, exc)
-                        gone = False
-                        break
-                    except ProbeTimeout as exc:
-                        log.warning("sink: cannot tell whether %s; asking again", exc)
-                        if not backoff.wait():
-                            return stored  # stopping: nothing is written
-                if not gone:
+                bounds = self._partition_bounds(probe, part)
+                if self.stop.is_set():
+                    return stored  # stopping: nothing is written
+                if bounds is None or offset <= bounds[1]:
                     continue
+                low = bounds[0]
                 log.error(
                     "sink: %s[%d] ends before the stored offset %d (topic recreated?); "
                     "restarting it at %d",
@@ -348,6 +338,21 @@ class PostgisSink:
         finally:
             probe.close()
         return stored
+
+    def _partition_bounds(self, probe: OffsetProbe, partition: int) -> tuple[int, int] | None:
+        """(low, end) of the partition, asked again while the broker leaves the probe
+        unanswered; None if it has no watermarks for it, or once stop is set."""
+        backoff = Backoff(self.stop)
+        while True:
+            try:
+                return probe.end_offset(self.settings.topic_pings, partition)
+            except KafkaException as exc:
+                log.warning("sink: no watermarks for partition %d: %s", partition, exc)
+                return None
+            except ProbeTimeout as exc:
+                log.warning("sink: cannot tell whether %s; asking again", exc)
+                if not backoff.wait():
+                    return None
 
     def _rebase(self, partition: int, offset: int) -> None:
         conn = self._db()

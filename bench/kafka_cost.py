@@ -53,7 +53,6 @@ def _messages(drivers: int = 20_000) -> list[tuple[bytes, bytes]]:
 
 def _produce(settings: Settings, compression: str, rate: float, seconds: float, out: Any) -> None:
     config = {**producer_config(settings), "compression.type": compression}
-    config.pop("on_delivery", None)
     producer = Producer(config)
     messages = _messages()
     cpu0 = time.process_time()
