@@ -11,7 +11,7 @@ from app import metrics
 from app.auth import require_role
 from app.errors import InvalidPing, MalformedJson, PayloadTooLarge, ServiceUnavailable
 from app.kafka_io import BrokerUnavailable
-from app.ping import BodyError, InvalidPings, TooManyPings, encode_wire, finalize, parse_body
+from app.ping import BodyError, InvalidPings, TooManyPings, finalize, parse_body
 from app.services import services
 from app.settings import Settings
 
@@ -47,7 +47,7 @@ def post_pings() -> Any:
         metrics.rejected(svc, "empty")
         raise InvalidPing("the request holds no pings", details=[])
     try:
-        count = svc.producer.send((p.driver_id.encode(), encode_wire(p)) for p in wire)
+        count = svc.producer.send_pings(wire)
     except BrokerUnavailable as exc:
         metrics.rejected(svc, "broker_unavailable")
         raise ServiceUnavailable(f"the broker did not acknowledge the pings: {exc}") from None

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import (
@@ -20,9 +21,15 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from app.ping import Ping
 from app.settings import Settings
+from app.wire import Decoded, batched_messages, decode_batch, keyed_messages, ping_count
 
 log = logging.getLogger(__name__)
+
+
+# how long a producer trusts the partition count it last read (batched messages only)
+PARTITIONS_REFRESH_S = 30.0
 
 
 class BrokerUnavailable(Exception):
@@ -104,6 +111,7 @@ class PingProducer:
         self._failure_lock = threading.Lock()
         self._failures = 0
         self._last_failure: KafkaError | None = None
+        self._partition_count = (0, 0.0)  # (count, when asked), for batched messages
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -146,6 +154,56 @@ class PingProducer:
                 except BufferError:
                     producer.poll(0.05)
             count += 1
+        self._settle(producer, failures_before)
+        return count
+
+    def send_pings(self, pings: Sequence[Ping]) -> int:
+        """Produce validated pings in the topic's configured form (app/wire.py) and wait
+        for the broker's acknowledgement of all of them; returns how many pings."""
+        per_message = self.settings.kafka_pings_per_message
+        if per_message == 1:
+            return self.send(keyed_messages(pings))
+        messages = batched_messages(pings, self._partitions(), per_message)
+        self._send_to_partitions(messages)
+        return len(pings)
+
+    def _partitions(self) -> int:
+        """The topic's partition count, asked of the broker at most every
+        PARTITIONS_REFRESH_S (a topic given more partitions is seen within that)."""
+        count, asked = self._partition_count
+        now = time.monotonic()
+        if count and now - asked < PARTITIONS_REFRESH_S:
+            return count
+        try:
+            meta = self._producer.list_topics(self.topic, timeout=self.settings.produce_timeout_s)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"topic metadata: {exc}") from None
+        topic = meta.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            if count:
+                return count  # keep the last known count through a metadata hiccup
+            reason = topic.error if topic is not None else "no such topic"
+            raise BrokerUnavailable(f"topic {self.topic}: {reason}")
+        self._partition_count = (len(topic.partitions), now)
+        return len(topic.partitions)
+
+    def _send_to_partitions(self, messages: Iterable[tuple[int, bytes]]) -> None:
+        """``send`` for messages with their partition chosen and no key."""
+        failures_before = self._failures
+        producer = self._producer
+        produce = producer.produce
+        topic = self.topic
+        for partition, value in messages:
+            while True:
+                try:
+                    produce(topic, value, None, partition)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        self._settle(producer, failures_before)
+
+    def _settle(self, producer: Producer, failures_before: int) -> None:
+        """Wait for every queued message's acknowledgement; raise if one failed."""
         remaining = producer.flush(self.settings.produce_timeout_s + 2.0)
         failure = self._last_failure if self._failures != failures_before else None
         if failure is not None or remaining:
@@ -153,7 +211,6 @@ class PingProducer:
             reason = failure.str() if failure is not None else unacked
             self._replace(producer)
             raise BrokerUnavailable(reason)
-        return count
 
     def _replace(self, failed: Producer) -> None:
         """After a failure start afresh: an idempotent producer whose broker lost its
@@ -327,3 +384,70 @@ def consume_batch(consumer: Consumer, max_messages: int, timeout_s: float) -> li
         else:
             log.warning("kafka consumer: %s", err)
     return good
+
+
+@dataclass
+class Batch:
+    """Consumed messages, each decoded (app/wire.py), and how many pings they hold."""
+
+    messages: list[Message] = field(default_factory=list)
+    decoded: list[Decoded] = field(default_factory=list)
+    pings: int = 0
+
+
+class BatchCollector:
+    """Collects a consumer's batches: messages until they hold ``max_pings`` pings or
+    ``wait_s`` has passed (or, with ``until_idle``, a poll brings nothing new), decoded
+    as they arrive.
+
+    The bound counts pings, not messages. A poll returns when it has the number of
+    messages asked for or its time is up, so it is asked for the messages that should
+    hold the pings still wanted, by the pings per message seen so far: asked for pings'
+    worth of messages of several pings each, every poll waited out ``wait_s`` with a
+    backlog already fetched."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        max_pings: int,
+        wait_s: float,
+        stop: threading.Event,
+        until_idle: bool = False,
+        pings_per_message: int = 1,
+    ) -> None:
+        self.consumer = consumer
+        self.max_pings = max_pings
+        self.wait_s = wait_s
+        self.stop = stop
+        self.until_idle = until_idle
+        # (messages, pings) consumed lately, for the pings per message to expect; until
+        # the first poll, what this deployment's producers are set to write
+        self._seen = (1, pings_per_message)
+
+    def collect(self) -> Batch:
+        batch = Batch()
+        deadline = time.monotonic() + self.wait_s
+        while batch.pings < self.max_pings and not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            messages, pings = self._seen
+            wanted = self.max_pings - batch.pings
+            if pings > messages:
+                wanted = max(1, wanted * messages // pings)
+            more = consume_batch(self.consumer, wanted, left)
+            if not more:
+                if self.until_idle and batch.messages:
+                    break
+                continue
+            decoded = decode_batch(more)
+            count = ping_count(decoded)
+            batch.messages += more
+            batch.decoded += decoded
+            batch.pings += count
+            # the recent past counts: the last ~100k messages
+            messages, pings = self._seen
+            if messages > 100_000:
+                messages, pings = messages // 2, pings // 2
+            self._seen = (messages + len(more), pings + count)
+        return batch

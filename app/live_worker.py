@@ -29,12 +29,12 @@ from confluent_kafka import (
 from app import metrics
 from app.backoff import Backoff
 from app.dead_letter import DeadLetters
-from app.kafka_io import FETCH_WAIT_LIVE_MS, BrokerUnavailable, consume_batch, consumer_config
+from app.kafka_io import FETCH_WAIT_LIVE_MS, BatchCollector, BrokerUnavailable, consumer_config
 from app.live_counts import LiveCounts
 from app.live_heal import rewind_offsets, state_lost
 from app.ping import Ping
-from app.postgis_sink import decode_batch
 from app.settings import Settings
+from app.wire import pings_and_bad
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,24 +77,23 @@ class LiveWorker:
         # batch figures leave in the background: the batch loop never waits on them
         figures = metrics.CounterBuffer(client, settings.redis_key_prefix)
         consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
+        collector = BatchCollector(
+            consumer,
+            settings.live_batch_max,
+            settings.live_batch_wait_s,
+            self.stop,
+            until_idle=True,
+            pings_per_message=settings.kafka_pings_per_message,
+        )
         try:
             while not self.stop.is_set():
                 if self._redis(lambda: state_lost(client, settings)) and self._heal(consumer):
                     continue  # the batch in hand will be read again after the rewind
-                messages = self._collect(consumer)
+                batch = collector.collect()
+                messages = batch.messages
                 if not messages:
                     continue
-                decoded = decode_batch(messages)
-                pings = [p for p in decoded if isinstance(p, Ping)]
-                bad = (
-                    []
-                    if len(pings) == len(decoded)
-                    else [
-                        (m, r)
-                        for m, r in zip(messages, decoded, strict=True)
-                        if not isinstance(r, Ping)
-                    ]
-                )
+                pings, bad = pings_and_bad(messages, batch.decoded)
                 if bad and not self._dead_letter(dead, bad):
                     break  # stopping while the broker is down: nothing committed
                 started = time.perf_counter()
@@ -120,20 +119,6 @@ class LiveWorker:
             figures.close()
             client.close()
         return self.stats
-
-    def _collect(self, consumer: Consumer) -> list[Message]:
-        settings = self.settings
-        deadline = time.monotonic() + settings.live_batch_wait_s
-        messages = consume_batch(consumer, settings.live_batch_max, settings.live_batch_wait_s)
-        while messages and len(messages) < settings.live_batch_max:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            more = consume_batch(consumer, settings.live_batch_max - len(messages), left)
-            if not more:
-                break
-            messages += more
-        return messages
 
     def _redis(self, call: Callable[[], T]) -> T | None:
         """Run a Redis call, waiting out an outage with backoff; None once stopping."""

@@ -19,6 +19,8 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "sec
 
 
 KAFKA_COMPRESSIONS = ("none", "lz4", "zstd", "snappy", "gzip")
+# a batched message's pings at most (app/wire.py: ~400 KB, under a broker's 1 MB default)
+MAX_PINGS_PER_MESSAGE = 2_000
 
 
 class SettingsError(ValueError):
@@ -40,6 +42,9 @@ class Settings:
     group_sink: str = "heatreplay-sink"
     kafka_session_timeout_ms: int = 6000
     kafka_compression: str = "none"
+    # pings per Kafka message: 1 is SPEC's form; more batches a request's pings per
+    # partition into JSON arrays (app/wire.py)
+    kafka_pings_per_message: int = 1
     secret: str = DEV_SECRET
     live_window_s: float = 30.0
     live_fps: float = 2.0
@@ -118,6 +123,11 @@ class Settings:
             raise SettingsError("LIVE_FPS must be between 0.1 and 30")
         if self.kafka_compression not in KAFKA_COMPRESSIONS:
             raise SettingsError(f"KAFKA_COMPRESSION must be one of {', '.join(KAFKA_COMPRESSIONS)}")
+        if not 1 <= self.kafka_pings_per_message <= MAX_PINGS_PER_MESSAGE:
+            raise SettingsError(
+                f"KAFKA_PINGS_PER_MESSAGE must be between 1 (SPEC's one message per ping) "
+                f"and {MAX_PINGS_PER_MESSAGE}"
+            )
         if self.topic_partitions < 1:
             raise SettingsError("TOPIC_PARTITIONS must be >= 1")
         for env_name in (
@@ -159,6 +169,7 @@ ENV_NAMES: dict[str, str] = {
     "GROUP_SINK": "group_sink",
     "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
     "KAFKA_COMPRESSION": "kafka_compression",
+    "KAFKA_PINGS_PER_MESSAGE": "kafka_pings_per_message",
     "HEATREPLAY_SECRET": "secret",
     "LIVE_WINDOW_S": "live_window_s",
     "LIVE_FPS": "live_fps",

@@ -176,12 +176,15 @@ def run(
     drivers: int = 20_000,
     raw_rows: int = 500_000,
     rates: tuple[float, ...] = (50_000, 60_000, 70_000),
+    pings_per_message: int = 1,
 ) -> dict[str, Any]:
     """An unpaced phase (what ingest accepts when flooded, and what the consumers do
     meanwhile), then paced phases at ``rates``; then the raw COPY rate. The headline
     pipeline rate is the best phase in which both consumers kept up (else the best
     end-to-end rate: accepted / time until the slower consumer had everything)."""
-    with Stack("e2e", web_workers=2, web_threads=8) as stack:
+    with Stack(
+        "e2e", web_workers=2, web_threads=8, kafka_pings_per_message=pings_per_message
+    ) as stack:
         stack.wait_pipeline_ready()
         base = LoadSpec(
             port=stack.settings.web_port,
@@ -200,6 +203,7 @@ def run(
     best = max(kept or phases, key=lambda p: p["pipeline_pings_per_s"])
     pipeline = best["pipeline_pings_per_s"]
     return {
+        "kafka_pings_per_message": pings_per_message,
         "pipeline_pings_per_s": pipeline,
         "pipeline_both_consumers_keep_up": bool(kept),
         "pipeline_from_phase": best["load"]["generator"],
@@ -220,6 +224,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rates", default="50000,60000,70000", help="paced phases, pings/s (comma-separated)"
     )
+    parser.add_argument(
+        "--pings-per-message",
+        type=int,
+        default=1,
+        help="KAFKA_PINGS_PER_MESSAGE for the run (1: SPEC's one message per ping)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -231,4 +241,5 @@ def from_args(args: argparse.Namespace) -> dict[str, Any]:
         drivers=args.drivers,
         raw_rows=args.raw_rows,
         rates=tuple(float(x) for x in args.rates.split(",") if x),
+        pings_per_message=args.pings_per_message,
     )

@@ -40,7 +40,7 @@ BATCH = 5_000
 JOIN_S = 5.0  # the dev broker completes a group join in about half the session timeout
 
 
-def _messages(drivers: int = 20_000) -> list[tuple[bytes, bytes]]:
+def _messages(per_message: int = 1, drivers: int = 20_000) -> list[tuple[bytes, bytes]]:
     now = int(time.time() * 1000)
     out = []
     for i in range(BATCH):
@@ -48,13 +48,20 @@ def _messages(drivers: int = 20_000) -> list[tuple[bytes, bytes]]:
             f"drv-{i % drivers:06d}", 6.4 + i * 0.00006, 3.1 + i * 0.00011, now + i, 30.5, 121.4
         )
         out.append((ping.driver_id.encode(), encode_wire(ping)))
+    if per_message > 1:
+        out = [
+            (out[i][0], b"[" + b",".join(v for _, v in out[i : i + per_message]) + b"]")
+            for i in range(0, len(out), per_message)
+        ]
     return out
 
 
-def _produce(settings: Settings, compression: str, rate: float, seconds: float, out: Any) -> None:
+def _produce(
+    settings: Settings, compression: str, rate: float, seconds: float, per: int, out: Any
+) -> None:
     config = {**producer_config(settings), "compression.type": compression}
     producer = Producer(config)
-    messages = _messages()
+    messages = _messages(per)
     cpu0 = time.process_time()
     started = time.monotonic()
     sent = 0
@@ -64,7 +71,7 @@ def _produce(settings: Settings, compression: str, rate: float, seconds: float, 
         if producer.flush(30):
             raise RuntimeError("the broker did not acknowledge a batch")
         sent += len(messages)
-        ahead = sent / rate - (time.monotonic() - started)
+        ahead = sent * per / rate - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
     out.put((sent, time.process_time() - cpu0))
@@ -84,7 +91,7 @@ def _consume(settings: Settings, group: str, wait_ms: int, min_bytes: int, out: 
         consumer.close()
 
 
-def run(compression: str, rate: float, seconds: float) -> dict[str, float]:
+def run(compression: str, rate: float, seconds: float, per: int = 1) -> dict[str, float]:
     tag = uuid.uuid4().hex[:8]
     settings = load_settings(
         {
@@ -122,7 +129,7 @@ def run(compression: str, rate: float, seconds: float) -> dict[str, float]:
             started = time.monotonic()
             result = ctx.Queue()
             producer = ctx.Process(
-                target=_produce, args=(settings, compression, rate, seconds, result)
+                target=_produce, args=(settings, compression, rate, seconds, per, result)
             )
             producer.start()
             sent, producer_cpu = result.get(timeout=seconds + 120)
@@ -132,16 +139,18 @@ def run(compression: str, rate: float, seconds: float) -> dict[str, float]:
                 time.sleep(0.05)
             elapsed = time.monotonic() - started
             after = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            pings = sent * per
             figures = {
                 "messages": float(sent),
-                "producer_us_per_msg": producer_cpu / sent * 1e6,
-                **{f"{k}_us_per_msg": (after[k] - before[k]) / sent * 1e6 for k in pids},
+                "pings": float(pings),
+                "producer_us_per_ping": producer_cpu / pings * 1e6,
+                **{f"{k}_us_per_ping": (after[k] - before[k]) / pings * 1e6 for k in pids},
                 "broker_percent_of_a_core": (after["broker"] - before["broker"]) / elapsed * 100,
                 "consumed_live": float(counts["live"].value),
                 "consumed_sink": float(counts["sink"].value),
             }
-            figures["total_us_per_msg"] = sum(
-                figures[f"{k}_us_per_msg"] for k in ("producer", "broker", "live", "sink")
+            figures["total_us_per_ping"] = sum(
+                figures[f"{k}_us_per_ping"] for k in ("producer", "broker", "live", "sink")
             )
             return figures
         finally:
@@ -157,22 +166,28 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=70_000, help="pings/s produced")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--compression", default="none", help="comma-separated, e.g. none,lz4")
+    parser.add_argument(
+        "--pings-per-message", default="1", help="comma-separated, e.g. 1,500 (SPEC: 1)"
+    )
     args = parser.parse_args()
     print(describe(machine()))
-    for compression in args.compression.split(","):
-        f = run(compression, args.rate, args.seconds)
-        print(
-            f"kafka hop, compression {compression}, {f['messages']:,.0f} messages at "
-            f"{args.rate:,.0f}/s: CPU us per message producer {f['producer_us_per_msg']:.2f}, "
-            f"broker {f['broker_us_per_msg']:.2f} ({f['broker_percent_of_a_core']:.0f} % of a "
-            f"core), live consumer {f['live_us_per_msg']:.2f}, sink consumer "
-            f"{f['sink_us_per_msg']:.2f}; total {f['total_us_per_msg']:.2f}"
-            + (
-                ""
-                if min(f["consumed_live"], f["consumed_sink"]) >= f["messages"]
-                else f" (consumers got only {f['consumed_live']:,.0f} / {f['consumed_sink']:,.0f})"
+    for per in (int(x) for x in args.pings_per_message.split(",")):
+        for compression in args.compression.split(","):
+            f = run(compression, args.rate, args.seconds, per)
+            print(
+                f"kafka hop, compression {compression}, {per} ping(s) per message, "
+                f"{f['pings']:,.0f} pings at {args.rate:,.0f}/s: CPU us per ping producer "
+                f"{f['producer_us_per_ping']:.2f}, broker {f['broker_us_per_ping']:.2f} "
+                f"({f['broker_percent_of_a_core']:.0f} % of a core), live consumer "
+                f"{f['live_us_per_ping']:.2f}, sink consumer {f['sink_us_per_ping']:.2f}; "
+                f"total {f['total_us_per_ping']:.2f}"
+                + (
+                    ""
+                    if min(f["consumed_live"], f["consumed_sink"]) >= f["messages"]
+                    else f" (consumers got only {f['consumed_live']:,.0f} / "
+                    f"{f['consumed_sink']:,.0f} messages)"
+                )
             )
-        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from app import metrics
 from app.kafka_io import PingProducer
 from app.live_counts import LiveCounts
 from app.live_worker import LiveWorker
-from app.postgis_sink import PostgisSink, decode_batch
+from app.postgis_sink import PostgisSink
+from app.wire import decode_batch
 from tests.conftest import read_topic, wait_until
 from tests.faults import check_history, key_of, keyed_pings, produce
 
@@ -128,3 +129,65 @@ def test_a_message_too_large_to_dead_letter_whole_is_cut_and_says_so(settings):
         b"1",
         b"7",
     )
+
+
+def test_a_message_of_several_pings_is_taken_whole_or_dead_lettered_whole(
+    settings, db, run_in_background
+):
+    """KAFKA_PINGS_PER_MESSAGE > 1: an array whose pings are all good is stored and
+    counted; one bad ping (or an empty or cut array) sends the whole message, original
+    bytes and reason, to the dead-letter topic, and none of its pings is stored."""
+    import redis
+
+    from app.ping import encode_wire
+
+    settings = settings.with_(live_window_s=60.0)
+    sink, live = PostgisSink(settings), LiveWorker(settings)
+    run_in_background(sink)
+    run_in_background(live)
+    good = keyed_pings(30, base_ts=int(time.time() * 1000) - 5000)
+    producer = PingProducer(settings.with_(kafka_pings_per_message=4))
+    assert producer.send_pings(good[:20]) == 20
+    lost = good[20:23]  # travel inside the poison below
+    bad_lat = b'{"driver_id": "x", "lat": 1000.0, "lon": 3.4, "ts": 3}'
+    bad_id = b'{"driver_id": "no spaces", "lat": 6.5, "lon": 3.4, "ts": 3}'
+    poison = {
+        b"arr-empty": b"[]",
+        b"arr-range": b"[" + encode_wire(lost[0]) + b"," + bad_lat + b"]",
+        b"arr-id": b"[" + encode_wire(lost[1]) + b"," + bad_id + b"]",
+        b"arr-cut": b"[" + encode_wire(lost[2]),
+    }
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for key, value in poison.items():
+        raw.produce(settings.topic_pings, value=value, key=key)
+    assert raw.flush(10) == 0
+    assert producer.send_pings(good[23:]) == 7
+    producer.close()
+
+    stored = good[:20] + good[23:]
+    wait_until(lambda: sink.stats.rows >= 27 and live.stats.pings >= 27, timeout=60)
+    dlq = wait_until(
+        lambda: (d := read_topic(settings, settings.topic_dlq, timeout=5)) and len(d) >= 8 and d,
+        timeout=30,
+    )
+    by_source: dict[str, dict[bytes, tuple[bytes, bytes]]] = {}
+    for msg in dlq:
+        headers = dict(msg.headers())
+        by_source.setdefault(headers["source"].decode(), {})[msg.key()] = (
+            msg.value(),
+            headers["reason"],
+        )
+    assert sorted(by_source) == ["live_worker", "postgis_sink"]
+    for records in by_source.values():
+        assert {k: v for k, (v, _) in records.items()} == poison
+        assert records[b"arr-empty"][1] == b"a JSON array of pings must hold at least one"
+        assert b"$[1].lat" in records[b"arr-range"][1]
+        assert records[b"arr-id"][1].startswith(b"ping 1: driver_id")
+    check = check_history(db, {key_of(p) for p in stored})
+    assert check.exact, check.as_dict()
+    assert sink.stats.rows == live.stats.pings == 27
+    client = redis.Redis.from_url(settings.redis_url)
+    cells = LiveCounts(client, settings).cells(8, int(time.time() * 1000))
+    client.close()
+    assert sum(cells.values()) == 27  # 27 distinct drivers
+    assert sink.stats.dead_letters == live.stats.dead_letters == len(poison)

@@ -1,0 +1,182 @@
+"""The topic's two message forms (app/wire.py): SPEC's one ping per keyed message, and
+KAFKA_PINGS_PER_MESSAGE > 1's arrays of pings per partition; what the web writes in
+each, what the consumers make of them, and batches bounded in pings."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from confluent_kafka import Message, Producer
+
+from app.kafka_io import BatchCollector, PingProducer, consumer_config
+from app.ping import Ping
+from app.settings import SettingsError, load_settings
+from app.wire import batched_messages, decode_batch, partition_for, ping_count, pings_and_bad
+from tests.conftest import read_topic
+from tests.faults import keyed_pings
+
+GOOD = b'{"driver_id": "ok", "lat": 6.5, "lon": 3.4, "ts": 3}'
+
+
+def _messages(values: list[bytes]) -> list[Message]:
+    return [Message(topic="t", partition=0, offset=i, value=v) for i, v in enumerate(values)]
+
+
+def test_the_partition_of_a_driver_is_the_one_its_key_gets_from_the_broker(settings):
+    """Batched messages carry no key: their partition must be the one librdkafka's
+    default partitioner gives the driver's key, or a driver's pings would be split across
+    partitions (and consumers) when the setting changes."""
+    settings = settings.with_(topic_partitions=4)
+    from app.kafka_io import delete_topics, ensure_topics
+
+    delete_topics(settings, [settings.topic_pings])
+    ensure_topics(settings)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    drivers = [f"drv-{i:04d}" for i in range(200)] + ["a", "Z.9:_-", "x" * 64]
+    for d in drivers:
+        producer.produce(settings.topic_pings, value=b"{}", key=d.encode())
+    assert producer.flush(10) == 0
+    got = {m.key().decode(): m.partition() for m in read_topic(settings, settings.topic_pings)}
+    assert got == {d: partition_for(d, 4) for d in drivers}
+    assert set(got.values()) == {0, 1, 2, 3}
+
+
+def test_batched_messages_keep_each_partitions_pings_in_order_in_chunks():
+    pings = keyed_pings(50)
+    out = batched_messages(pings, partitions=3, per_message=4)
+    by_part: dict[int, list[Ping]] = {}
+    for part, value in out:
+        items = [Ping(**p) for p in json.loads(value)]
+        assert 1 <= len(items) <= 4
+        assert {partition_for(p.driver_id, 3) for p in items} == {part}
+        by_part.setdefault(part, []).extend(items)
+    for part, got in by_part.items():
+        assert got == [p for p in pings if partition_for(p.driver_id, 3) == part]
+    assert sum(len(v) for v in by_part.values()) == 50
+
+
+def test_an_array_decodes_to_its_pings_all_or_nothing():
+    one_bad_range = b'[{"driver_id": "a", "lat": 6.5, "lon": 3.4, "ts": 3}, {"driver_id": "b", "lat": 1000, "lon": 3.4, "ts": 3}]'  # noqa: E501
+    one_bad_id = b'[{"driver_id": "a", "lat": 6.5, "lon": 3.4, "ts": 3}, {"driver_id": "no spaces", "lat": 6.5, "lon": 3.4, "ts": 3}]'  # noqa: E501
+    two = b'[{"driver_id": "a", "lat": 6.5, "lon": 3.4, "ts": 3}, {"driver_id": "b", "lat": 6.6, "lon": 3.5, "ts": 4}]'  # noqa: E501
+    values = [GOOD, two, b"[]", one_bad_range, one_bad_id, b"[" + GOOD, GOOD]
+    items = decode_batch(_messages(values))
+    assert items[0] == items[6] == Ping("ok", 6.5, 3.4, 3)
+    assert items[1] == [Ping("a", 6.5, 3.4, 3), Ping("b", 6.6, 3.5, 4)]
+    assert items[2] == "a JSON array of pings must hold at least one"
+    assert isinstance(items[3], str) and "$[1].lat" in items[3]
+    assert isinstance(items[4], str) and items[4].startswith("ping 1: driver_id: Expected")
+    assert isinstance(items[5], str)
+    assert ping_count(items) == 7 + 1  # a dead letter counts one, the pair two
+    pings, bad = pings_and_bad(_messages(values), items)
+    assert [p.driver_id for p in pings] == ["ok", "a", "b", "ok"]
+    assert [m.offset() for m, _ in bad] == [2, 3, 4, 5]
+
+
+def test_a_bad_driver_id_in_a_single_ping_message_next_to_arrays_is_caught():
+    bad_id = b'{"driver_id": "bad id", "lat": 6.5, "lon": 3.4, "ts": 3}'
+    items = decode_batch(_messages([b"[" + GOOD + b"]", bad_id, GOOD]))
+    assert items[0] == [Ping("ok", 6.5, 3.4, 3)]
+    assert isinstance(items[1], str) and items[1].startswith("driver_id: Expected")
+    assert items[2] == Ping("ok", 6.5, 3.4, 3)
+
+
+@pytest.mark.parametrize("value", ["0", "2001", "-3"])
+def test_pings_per_message_out_of_range_is_refused(value):
+    with pytest.raises(SettingsError, match="KAFKA_PINGS_PER_MESSAGE"):
+        load_settings({"KAFKA_PINGS_PER_MESSAGE": value}, dotenv=None).validate()
+
+
+def test_the_api_writes_arrays_per_partition_when_asked(settings, ingest_headers):
+    """POST /api/pings with KAFKA_PINGS_PER_MESSAGE=3: every message of the topic holds
+    1-3 pings of drivers of its partition, no key, and per partition the request's order."""
+    from app import create_app
+
+    settings = settings.with_(kafka_pings_per_message=3)
+    app = create_app(settings)
+    body = [
+        {"driver_id": f"d{i % 7}", "lat": 6.5 + i / 1000, "lon": 3.4, "ts": 1_700_000_000_000 + i}
+        for i in range(40)
+    ]
+    try:
+        r = app.test_client().post("/api/pings", json=body, headers=ingest_headers)
+    finally:
+        app.extensions["heatreplay"].close()
+    assert r.status_code == 202 and r.get_json() == {"accepted": 40}
+    messages = sorted(
+        read_topic(settings, settings.topic_pings), key=lambda m: (m.partition(), m.offset())
+    )
+    got: dict[int, list[str]] = {}
+    for msg in messages:
+        assert msg.key() is None
+        items = json.loads(msg.value())
+        assert 1 <= len(items) <= 3
+        for item in items:
+            assert partition_for(item["driver_id"], settings.topic_partitions) == msg.partition()
+            got.setdefault(msg.partition(), []).append(json.dumps(item, sort_keys=True))
+    for part, items in got.items():
+        assert items == [
+            json.dumps(b, sort_keys=True)
+            for b in body
+            if partition_for(b["driver_id"], settings.topic_partitions) == part
+        ]
+    assert sum(len(v) for v in got.values()) == 40
+
+
+def test_a_batch_is_bounded_in_pings_not_messages(settings):
+    """With a backlog of 100-ping messages a batch of at most 250 pings takes 3 messages:
+    asked for 250 messages, the poll waited out the whole wait for messages that were
+    never coming, and the batch held everything fetched meanwhile."""
+    from confluent_kafka import Consumer
+
+    producer = PingProducer(settings.with_(kafka_pings_per_message=100))
+    pings = keyed_pings(2_000)
+    one_partition = [p for p in pings if partition_for(p.driver_id, 2) == 0][:1_000]
+    assert producer.send_pings(one_partition) == 1_000  # 10 messages of 100
+    consumer = Consumer(consumer_config(settings, settings.group_live))
+    consumer.subscribe([settings.topic_pings])
+    stop = threading.Event()
+    # the last batch waits out its 5 s for a second message that never comes
+    collector = BatchCollector(consumer, 250, 5.0, stop, pings_per_message=100)
+    try:
+        seen: list[int] = []
+        started = time.monotonic()
+        while sum(seen) < 1_000 and time.monotonic() - started < 60:
+            batch = collector.collect()
+            if batch.pings:  # the first poll may end before the group is joined
+                seen.append(batch.pings)
+            assert [ping_count([d]) for d in batch.decoded] == [100] * len(batch.messages)
+        assert seen == [300, 300, 300, 100]  # 2 messages asked for, then 1 more
+    finally:
+        stop.set()
+        consumer.close()
+        producer.close()
+
+
+def test_a_broker_that_does_not_answer_fails_the_request_with_a_503(settings, ingest_headers):
+    """Batched messages first ask the broker for the partition count: no answer is a 503
+    with Retry-After, as an unacknowledged produce is."""
+    from app import create_app
+    from bench.stack import free_port
+
+    settings = settings.with_(
+        kafka_pings_per_message=10,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",  # nothing listens there
+        produce_timeout_s=1.0,
+    )
+    app = create_app(settings)
+    try:
+        r = app.test_client().post(
+            "/api/pings",
+            json={"driver_id": "a", "lat": 6.5, "lon": 3.4},
+            headers=ingest_headers,
+        )
+    finally:
+        app.extensions["heatreplay"].close()
+    assert r.status_code == 503
+    assert r.get_json()["error"] == "unavailable"
+    assert "topic metadata" in r.get_json()["message"]
+    assert r.headers["Retry-After"]
