@@ -200,6 +200,11 @@ class PingProducer:
                     break
                 except BufferError:
                     producer.poll(0.05)
+                except KafkaException as exc:
+                    # a partition the topic no longer has (recreated with fewer): start
+                    # afresh, the count read again, rather than fail until the refresh
+                    self._replace(producer)
+                    raise BrokerUnavailable(f"partition {partition}: {exc}") from None
         self._settle(producer, failures_before)
 
     def _settle(self, producer: Producer, failures_before: int) -> None:
@@ -219,6 +224,7 @@ class PingProducer:
             if self._producer is not failed:
                 return  # a concurrent request already replaced it
             self._producer = self._new_producer()
+            self._partition_count = (0, 0.0)  # and the partition count read again
         failed.purge(in_queue=True, in_flight=False)
         failed.flush(0)
 

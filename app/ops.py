@@ -266,8 +266,9 @@ def _from_lag(rows: list[PartitionLag]) -> Iterator[Metric]:
     labels = ["group", "topic", "partition"]
     lag = GaugeMetricFamily(
         "heatreplay_consumer_lag",
-        "Messages not yet processed by the group (end offset - committed offset); "
-        "approximate on the dev broker, whose end offsets trail multi-message batches.",
+        "Messages not yet processed by the group (end offset - committed offset; a "
+        "message holds up to KAFKA_PINGS_PER_MESSAGE pings); approximate on the dev "
+        "broker, whose end offsets trail multi-message batches.",
         labels=labels,
     )
     committed = GaugeMetricFamily(

@@ -1,13 +1,15 @@
 """What the Kafka hop costs per ping, alone: the product's producer and consumer settings
 against its own embedded broker, no web, no database, no Redis.
 
-`python -m bench.kafka_cost [--rate 70000] [--seconds 15] [--compression none,lz4]`: one
-producer process sends batches of 5,000 wire pings (one message per ping, keyed by
-driver, as SPEC's topic holds them) and waits for each batch's acknowledgement, as a web
-request does, paced at ``rate``; two consumer processes fetch with the live worker's and
-the sink's fetch settings and only count. Prints CPU microseconds per message of the
-producer, the broker and each consumer. The sum is a floor under any pipeline that keeps
-SPEC's one-message-per-ping topic, whatever the consumers do with the messages.
+`python -m bench.kafka_cost [--rate 70000] [--seconds 15] [--compression none,lz4]
+[--pings-per-message 1,500]`: one producer process sends batches of 5,000 wire pings
+(one message per ping, keyed by driver, as SPEC's topic holds them; or JSON arrays of N
+pings, as KAFKA_PINGS_PER_MESSAGE = N writes them) and waits for each batch's
+acknowledgement, as a web request does, paced at ``rate`` pings/s; two consumer
+processes fetch with the live worker's and the sink's fetch settings and only count.
+Prints CPU microseconds per ping of the producer, the broker and each consumer. The sum
+is a floor under any pipeline with that message form, whatever the consumers do with
+the messages.
 """
 
 from __future__ import annotations

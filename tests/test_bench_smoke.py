@@ -127,3 +127,17 @@ def test_the_live_script_cost_bench_counts_instructions() -> None:
     second = live_script_cost.run(drivers=300, batches=1)
     assert isinstance(first["instructions_per_ping"], int) and first["instructions_per_ping"] > 0
     assert first["state_digest"] == second["state_digest"]
+
+
+def test_the_kafka_hop_bench_reports_per_ping_costs_for_both_message_forms() -> None:
+    """`python -m bench.kafka_cost` at a tiny size, one message per ping and arrays of
+    50: every message reaches both consumers and each part's CPU per ping is reported."""
+    from bench import kafka_cost
+
+    for per in (1, 50):
+        f = kafka_cost.run("none", rate=20_000, seconds=1.0, per=per)
+        assert f["pings"] == f["messages"] * per and f["messages"] > 0
+        assert f["consumed_live"] == f["consumed_sink"] == f["messages"]
+        for part in ("producer", "broker", "live", "sink"):
+            assert f[f"{part}_us_per_ping"] >= 0
+        assert f["total_us_per_ping"] > 0

@@ -180,3 +180,20 @@ def test_a_broker_that_does_not_answer_fails_the_request_with_a_503(settings, in
     assert r.get_json()["error"] == "unavailable"
     assert "topic metadata" in r.get_json()["message"]
     assert r.headers["Retry-After"]
+
+
+def test_a_stale_partition_count_fails_one_request_then_is_read_again(settings):
+    """A topic recreated with fewer partitions: producing to a partition it no longer
+    has fails that request (503), and the next one reads the count afresh."""
+    from app.kafka_io import BrokerUnavailable
+
+    producer = PingProducer(settings.with_(kafka_pings_per_message=10))
+    try:
+        producer._partition_count = (64, time.monotonic())  # the topic has 2
+        pings = keyed_pings(200)
+        with pytest.raises(BrokerUnavailable, match="partition"):
+            producer.send_pings(pings)
+        assert producer.send_pings(pings) == 200
+        assert producer._partition_count[0] == settings.topic_partitions == 2
+    finally:
+        producer.close()
