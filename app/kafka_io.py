@@ -112,6 +112,7 @@ class PingProducer:
         self._failures = 0
         self._last_failure: KafkaError | None = None
         self._partition_count = (0, 0.0)  # (count, when asked), for batched messages
+        self._partition_lock = threading.Lock()
         self._producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -153,6 +154,9 @@ class PingProducer:
                     break
                 except BufferError:
                     producer.poll(0.05)
+                except KafkaException as exc:  # a producer the broker made unusable
+                    self._replace(producer)
+                    raise BrokerUnavailable(str(exc)) from None
             count += 1
         self._settle(producer, failures_before)
         return count
@@ -171,9 +175,16 @@ class PingProducer:
         """The topic's partition count, asked of the broker at most every
         PARTITIONS_REFRESH_S (a topic given more partitions is seen within that)."""
         count, asked = self._partition_count
-        now = time.monotonic()
-        if count and now - asked < PARTITIONS_REFRESH_S:
+        if count and time.monotonic() - asked < PARTITIONS_REFRESH_S:
             return count
+        with self._partition_lock:  # one request asks; the others take its answer
+            count, asked = self._partition_count
+            now = time.monotonic()
+            if count and now - asked < PARTITIONS_REFRESH_S:
+                return count
+            return self._read_partitions(count, now)
+
+    def _read_partitions(self, count: int, now: float) -> int:
         try:
             meta = self._producer.list_topics(self.topic, timeout=self.settings.produce_timeout_s)
         except KafkaException as exc:
@@ -224,7 +235,8 @@ class PingProducer:
             if self._producer is not failed:
                 return  # a concurrent request already replaced it
             self._producer = self._new_producer()
-            self._partition_count = (0, 0.0)  # and the partition count read again
+            # the partition count read again (the last one kept for a failed read)
+            self._partition_count = (self._partition_count[0], 0.0)
         failed.purge(in_queue=True, in_flight=False)
         failed.flush(0)
 
@@ -429,9 +441,17 @@ class BatchCollector:
         # (messages, pings) consumed lately, for the pings per message to expect; until
         # the first poll, what this deployment's producers are set to write
         self._seen = (1, pings_per_message)
+        self._carry: Batch | None = None
 
     def collect(self) -> Batch:
         batch = Batch()
+        carry, self._carry = self._carry, None
+        if carry is not None:  # what the last batch could not take, first
+            if carry.pings > self.max_pings and self._keep_back(
+                batch, carry.messages, carry.decoded
+            ):
+                return batch
+            batch = carry
         deadline = time.monotonic() + self.wait_s
         while batch.pings < self.max_pings and not self.stop.is_set():
             left = deadline - time.monotonic()
@@ -448,12 +468,38 @@ class BatchCollector:
                 continue
             decoded = decode_batch(more)
             count = ping_count(decoded)
-            batch.messages += more
-            batch.decoded += decoded
-            batch.pings += count
             # the recent past counts: the last ~100k messages
             messages, pings = self._seen
             if messages > 100_000:
                 messages, pings = messages // 2, pings // 2
             self._seen = (messages + len(more), pings + count)
+            if batch.pings + count > self.max_pings and self._keep_back(batch, more, decoded):
+                break
+            batch.messages += more
+            batch.decoded += decoded
+            batch.pings += count
         return batch
+
+    def _keep_back(self, batch: Batch, more: list[Message], decoded: list[Decoded]) -> bool:
+        """Messages that would take ``batch`` past ``max_pings``: add those that fit (at
+        least one message per batch) and keep the rest, in order, for the next batch;
+        True once some were kept back. Polls ask for messages by the average pings per
+        message, so a run of large messages after small ones (a backfill after live
+        traffic) could otherwise put millions of pings in one transaction."""
+        room = self.max_pings - batch.pings
+        taken = 0
+        for item in decoded:
+            size = len(item) if isinstance(item, list) else 1
+            if size > room and (taken or batch.messages):
+                break
+            room -= size
+            taken += 1
+        if taken == len(more):
+            return False
+        head = decoded[:taken]
+        batch.messages += more[:taken]
+        batch.decoded += head
+        batch.pings += ping_count(head)
+        rest = decoded[taken:]
+        self._carry = Batch(more[taken:], rest, ping_count(rest))
+        return True

@@ -19,8 +19,10 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "sec
 
 
 KAFKA_COMPRESSIONS = ("none", "lz4", "zstd", "snappy", "gzip")
-# a batched message's pings at most (app/wire.py: ~400 KB, under a broker's 1 MB default)
-MAX_PINGS_PER_MESSAGE = 2_000
+# a batched message's pings at most: ~215 bytes per ping at most (a 64-character id and
+# every field), so ~215 KB, under a broker's 1 MB default and whole in a dead letter
+# (app/dead_letter.py keeps 256 KiB of a value)
+MAX_PINGS_PER_MESSAGE = 1_000
 
 
 class SettingsError(ValueError):
@@ -133,7 +135,7 @@ class Settings:
         for env_name in (
             "TOKEN_TTL_S", "MAX_PINGS_PER_REQUEST", "MAX_BODY_BYTES", "MAX_BBOX_AREA_DEG2",
             "MAX_RANGE_S", "EXPORT_MAX_ROWS", "MAX_SOCKETS_PER_TOKEN", "WS_MAX_MESSAGES_PER_S",
-            "MAX_POLYGON_VERTICES",
+            "MAX_POLYGON_VERTICES", "SINK_BATCH_MAX", "LIVE_BATCH_MAX",
         ):  # fmt: skip
             if getattr(self, ENV_NAMES[env_name]) <= 0:
                 raise SettingsError(f"{env_name} must be positive")

@@ -135,6 +135,8 @@ def test_metrics_token_default_depends_on_the_environment():
         "MAX_SOCKETS_PER_TOKEN",
         "WS_MAX_MESSAGES_PER_S",
         "MAX_POLYGON_VERTICES",
+        "SINK_BATCH_MAX",
+        "LIVE_BATCH_MAX",
     ],
 )
 def test_limits_must_be_positive(name):

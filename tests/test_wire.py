@@ -84,7 +84,7 @@ def test_a_bad_driver_id_in_a_single_ping_message_next_to_arrays_is_caught():
     assert items[2] == Ping("ok", 6.5, 3.4, 3)
 
 
-@pytest.mark.parametrize("value", ["0", "2001", "-3"])
+@pytest.mark.parametrize("value", ["0", "1001", "-3"])
 def test_pings_per_message_out_of_range_is_refused(value):
     with pytest.raises(SettingsError, match="KAFKA_PINGS_PER_MESSAGE"):
         load_settings({"KAFKA_PINGS_PER_MESSAGE": value}, dotenv=None).validate()
@@ -126,34 +126,67 @@ def test_the_api_writes_arrays_per_partition_when_asked(settings, ingest_headers
     assert sum(len(v) for v in got.values()) == 40
 
 
-def test_a_batch_is_bounded_in_pings_not_messages(settings):
-    """With a backlog of 100-ping messages a batch of at most 250 pings takes 3 messages:
-    asked for 250 messages, the poll waited out the whole wait for messages that were
-    never coming, and the batch held everything fetched meanwhile."""
+def _batches(settings, max_pings: int, hint: int, total: int) -> list[list[int]]:
+    """Collect everything in the topic (one partition's worth, produced beforehand) in
+    batches of at most ``max_pings``; each batch as its messages' ping counts."""
     from confluent_kafka import Consumer
 
-    producer = PingProducer(settings.with_(kafka_pings_per_message=100))
-    pings = keyed_pings(2_000)
-    one_partition = [p for p in pings if partition_for(p.driver_id, 2) == 0][:1_000]
-    assert producer.send_pings(one_partition) == 1_000  # 10 messages of 100
     consumer = Consumer(consumer_config(settings, settings.group_live))
     consumer.subscribe([settings.topic_pings])
     stop = threading.Event()
-    # the last batch waits out its 5 s for a second message that never comes
-    collector = BatchCollector(consumer, 250, 5.0, stop, pings_per_message=100)
+    # 8 s: the first poll includes the group join (~3 s); the last waits it out in vain
+    collector = BatchCollector(consumer, max_pings, 8.0, stop, pings_per_message=hint)
+    seen: list[list[int]] = []
+    started = time.monotonic()
     try:
-        seen: list[int] = []
-        started = time.monotonic()
-        while sum(seen) < 1_000 and time.monotonic() - started < 60:
+        while sum(map(sum, seen)) < total and time.monotonic() - started < 90:
             batch = collector.collect()
-            if batch.pings:  # the first poll may end before the group is joined
-                seen.append(batch.pings)
-            assert [ping_count([d]) for d in batch.decoded] == [100] * len(batch.messages)
-        assert seen == [300, 300, 300, 100]  # 2 messages asked for, then 1 more
+            if batch.messages:
+                sizes = [ping_count([d]) for d in batch.decoded]
+                assert sum(sizes) == batch.pings
+                seen.append(sizes)
     finally:
         stop.set()
         consumer.close()
+    return seen
+
+
+def _partition_0(count: int) -> list[Ping]:
+    return [p for p in keyed_pings(3 * count) if partition_for(p.driver_id, 2) == 0][:count]
+
+
+def test_a_batch_is_bounded_in_pings_not_messages(settings):
+    """A backlog of ten 100-ping messages and a bound of 250: batches of two messages.
+    Bounded in messages, the poll asked for 250 of them, waited out the whole wait for
+    messages that were never coming, and took all ten."""
+    producer = PingProducer(settings.with_(kafka_pings_per_message=100))
+    try:
+        assert producer.send_pings(_partition_0(1_000)) == 1_000  # 10 messages of 100
+    finally:
         producer.close()
+    assert _batches(settings, 250, 100, 1_000) == [[100, 100]] * 5
+
+
+def test_large_messages_after_small_ones_are_kept_back_not_swallowed(settings):
+    """Fifty one-ping messages, then eight of 100 (a backfill after live traffic): polls
+    ask for messages by the average pings per message, ~1 here, so one poll fetches all
+    of them; the batch takes what fits in 250 pings and keeps the rest, in order, for
+    the next batches, instead of one batch of 850."""
+    pings = _partition_0(850)
+    single = PingProducer(settings)
+    batched = PingProducer(settings.with_(kafka_pings_per_message=100))
+    try:
+        assert single.send_pings(pings[:50]) == 50
+        assert batched.send_pings(pings[50:]) == 800
+    finally:
+        single.close()
+        batched.close()
+    assert _batches(settings, 250, 1, 850) == [
+        [1] * 50 + [100, 100],
+        [100, 100],
+        [100, 100],
+        [100, 100],
+    ]
 
 
 def test_a_broker_that_does_not_answer_fails_the_request_with_a_503(settings, ingest_headers):
