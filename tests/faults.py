@@ -244,7 +244,8 @@ def kill_soak(
 ) -> tuple[KillSoak, set[Key]]:
     """Produce ``total`` keyed pings over about ``produce_s`` seconds while a real sink
     process is SIGKILLed ``kills`` times at random moments (each after it has written at
-    least one batch), then let a last sink catch up and stop it with SIGTERM.
+    least one batch), then let a last sink catch up and stop it with SIGTERM. The pings
+    travel in the form ``settings.kafka_pings_per_message`` asks for (app/wire.py).
 
     The feed lasts (by default 6 s per kill) longer than the kills take - a restart, a
     group join, a first batch: 2-5 s each - so every restarted sink has pings to write;
@@ -262,7 +263,7 @@ def kill_soak(
     def feed() -> None:
         try:
             for batch in batches:
-                produce(producer, batch)  # returns only once the broker acknowledged
+                producer.send_pings(batch)  # returns only once the broker acknowledged
                 accepted.update(key_of(p) for p in batch)
                 result.pings_sent += len(batch)
                 time.sleep(pause)
@@ -283,7 +284,7 @@ def kill_soak(
                 assert sink.alive, "sink exited on its own"
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.6))
-            if result.pings_sent > stored_position(conn, settings):
+            if result.pings_sent > row_count(conn):
                 result.kills_with_backlog += 1
             sink.kill9()
             result.kills += 1
@@ -292,7 +293,7 @@ def kill_soak(
         assigned = sink.log_count("sink assigned")
         sink.start()
         deadline = time.monotonic() + 60
-        while stored_position(conn, settings) < total:
+        while row_count(conn) < total:
             assert time.monotonic() < deadline, "the last sink did not catch up in 60s"
             time.sleep(0.1)
         # the killed sink may have written everything already: stop the last one only
