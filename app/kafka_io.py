@@ -23,7 +23,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.ping import Ping
 from app.settings import Settings
-from app.wire import Decoded, batched_messages, decode_batch, keyed_messages, ping_count
+from app.wire import (
+    ANY_PARTITION,
+    Decoded,
+    OutMessage,
+    batched_messages,
+    decode_batch,
+    keyed_messages,
+    ping_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +150,25 @@ class PingProducer:
         an empty queue, so one of ours cannot go unnoticed. A failure of a concurrent
         request's message fails this call too (a 503 for pings that may have landed,
         which the API allows; failures are broker-wide events in practice)."""
-        failures_before = self._failures
         target = topic or self.topic
+        return self._produce_all(target, ((key, value, ANY_PARTITION) for key, value in messages))
+
+    def _produce_all(self, target: str, messages: Iterable[OutMessage]) -> int:
+        failures_before = self._failures
         count = 0
         producer = self._producer
         produce = producer.produce
-        for key, value in messages:
+        for key, value, partition in messages:
             while True:
                 try:
-                    produce(target, value, key)
+                    produce(target, value, key, partition)
                     break
                 except BufferError:
                     producer.poll(0.05)
-                except KafkaException as exc:  # a producer the broker made unusable
+                except KafkaException as exc:
+                    # a producer the broker made unusable, or a partition the topic no
+                    # longer has (recreated with fewer): start afresh, the partition
+                    # count read again, rather than fail until the refresh
                     self._replace(producer)
                     raise BrokerUnavailable(str(exc)) from None
             count += 1
@@ -166,9 +180,10 @@ class PingProducer:
         for the broker's acknowledgement of all of them; returns how many pings."""
         per_message = self.settings.kafka_pings_per_message
         if per_message == 1:
-            return self.send(keyed_messages(pings))
-        messages = batched_messages(pings, self._partitions(), per_message)
-        self._send_to_partitions(messages)
+            messages = keyed_messages(pings)
+        else:
+            messages = batched_messages(pings, self._partitions(), per_message)
+        self._produce_all(self.topic, messages)
         return len(pings)
 
     def _partitions(self) -> int:
@@ -197,26 +212,6 @@ class PingProducer:
             raise BrokerUnavailable(f"topic {self.topic}: {reason}")
         self._partition_count = (len(topic.partitions), now)
         return len(topic.partitions)
-
-    def _send_to_partitions(self, messages: Iterable[tuple[int, bytes]]) -> None:
-        """``send`` for messages with their partition chosen and no key."""
-        failures_before = self._failures
-        producer = self._producer
-        produce = producer.produce
-        topic = self.topic
-        for partition, value in messages:
-            while True:
-                try:
-                    produce(topic, value, None, partition)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    # a partition the topic no longer has (recreated with fewer): start
-                    # afresh, the count read again, rather than fail until the refresh
-                    self._replace(producer)
-                    raise BrokerUnavailable(f"partition {partition}: {exc}") from None
-        self._settle(producer, failures_before)
 
     def _settle(self, producer: Producer, failures_before: int) -> None:
         """Wait for every queued message's acknowledgement; raise if one failed."""
@@ -412,6 +407,12 @@ class Batch:
     decoded: list[Decoded] = field(default_factory=list)
     pings: int = 0
 
+    def add(self, other: Batch, messages: int, pings: int) -> None:
+        """The first ``messages`` of ``other``, which hold ``pings`` pings."""
+        self.messages += other.messages[:messages]
+        self.decoded += other.decoded[:messages]
+        self.pings += pings
+
 
 class BatchCollector:
     """Collects a consumer's batches: messages until they hold ``max_pings`` pings or
@@ -447,9 +448,7 @@ class BatchCollector:
         batch = Batch()
         carry, self._carry = self._carry, None
         if carry is not None:  # what the last batch could not take, first
-            if carry.pings > self.max_pings and self._keep_back(
-                batch, carry.messages, carry.decoded
-            ):
+            if carry.pings > self.max_pings and self._keep_back(batch, carry):
                 return batch
             batch = carry
         deadline = time.monotonic() + self.wait_s
@@ -473,33 +472,29 @@ class BatchCollector:
             if messages > 100_000:
                 messages, pings = messages // 2, pings // 2
             self._seen = (messages + len(more), pings + count)
-            if batch.pings + count > self.max_pings and self._keep_back(batch, more, decoded):
+            polled = Batch(more, decoded, count)
+            if batch.pings + count > self.max_pings and self._keep_back(batch, polled):
                 break
-            batch.messages += more
-            batch.decoded += decoded
-            batch.pings += count
+            batch.add(polled, len(more), count)
         return batch
 
-    def _keep_back(self, batch: Batch, more: list[Message], decoded: list[Decoded]) -> bool:
+    def _keep_back(self, batch: Batch, polled: Batch) -> bool:
         """Messages that would take ``batch`` past ``max_pings``: add those that fit (at
         least one message per batch) and keep the rest, in order, for the next batch;
         True once some were kept back. Polls ask for messages by the average pings per
         message, so a run of large messages after small ones (a backfill after live
         traffic) could otherwise put millions of pings in one transaction."""
         room = self.max_pings - batch.pings
-        taken = 0
-        for item in decoded:
+        taken = used = 0
+        for item in polled.decoded:
             size = len(item) if isinstance(item, list) else 1
             if size > room and (taken or batch.messages):
                 break
             room -= size
+            used += size
             taken += 1
-        if taken == len(more):
+        if taken == len(polled.messages):
             return False
-        head = decoded[:taken]
-        batch.messages += more[:taken]
-        batch.decoded += head
-        batch.pings += ping_count(head)
-        rest = decoded[taken:]
-        self._carry = Batch(more[taken:], rest, ping_count(rest))
+        batch.add(polled, taken, used)
+        self._carry = Batch(polled.messages[taken:], polled.decoded[taken:], polled.pings - used)
         return True

@@ -37,16 +37,20 @@ def partition_for(driver_id: str, partitions: int) -> int:
     return zlib.crc32(driver_id.encode()) % partitions
 
 
-def keyed_messages(pings: Sequence[Ping]) -> list[tuple[bytes, bytes]]:
-    """SPEC's form: (key, value) per ping."""
-    return [(p.driver_id.encode(), encode_wire(p)) for p in pings]
+# what PingProducer produces: (key, value, partition)
+OutMessage = tuple[bytes | None, bytes, int]
+# librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks, by the key
+ANY_PARTITION = -1
 
 
-def batched_messages(
-    pings: Sequence[Ping], partitions: int, per_message: int
-) -> list[tuple[int, bytes]]:
-    """(partition, value) per message of up to ``per_message`` pings, each ping in its
-    driver's partition, the pings of a partition in the order given."""
+def keyed_messages(pings: Sequence[Ping]) -> list[OutMessage]:
+    """SPEC's form: one message per ping, keyed by its driver."""
+    return [(p.driver_id.encode(), encode_wire(p), ANY_PARTITION) for p in pings]
+
+
+def batched_messages(pings: Sequence[Ping], partitions: int, per_message: int) -> list[OutMessage]:
+    """Messages of up to ``per_message`` pings with no key, each ping in its driver's
+    partition, the pings of a partition in the order given."""
     groups: dict[int, list[Ping]] = {}
     crc = zlib.crc32
     for ping in pings:
@@ -58,7 +62,7 @@ def batched_messages(
             group.append(ping)
     encode = _list_encoder.encode
     return [
-        (part, encode(group[start : start + per_message]))
+        (None, encode(group[start : start + per_message]), part)
         for part, group in groups.items()
         for start in range(0, len(group), per_message)
     ]

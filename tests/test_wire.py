@@ -48,7 +48,8 @@ def test_batched_messages_keep_each_partitions_pings_in_order_in_chunks():
     pings = keyed_pings(50)
     out = batched_messages(pings, partitions=3, per_message=4)
     by_part: dict[int, list[Ping]] = {}
-    for part, value in out:
+    for key, value, part in out:
+        assert key is None
         items = [Ping(**p) for p in json.loads(value)]
         assert 1 <= len(items) <= 4
         assert {partition_for(p.driver_id, 3) for p in items} == {part}
