@@ -117,8 +117,11 @@ class Stack:
         self,
         name: str,
         processes: tuple[str, ...] = PROCESSES,
+        root: Path = ROOT,
         **overrides: Any,
     ) -> None:
+        """``root``: the checkout the product processes run from (an A/B of two commits
+        runs one side from a ``git worktree``)."""
         tag = uuid.uuid4().hex[:8]
         base = load_settings({**os.environ, "HEATREPLAY_ENV": "test"}, dotenv=None)
         defaults: dict[str, Any] = {
@@ -139,6 +142,7 @@ class Stack:
         self.settings = base.with_(**{**defaults, **overrides}).validate()
         self.name = name
         self.processes = processes
+        self.root = root
         self.log_dir = Path(tempfile.mkdtemp(prefix=f"hr-bench-{name}-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.broker: subprocess.Popen[bytes] | None = None
@@ -165,19 +169,23 @@ class Stack:
         with open(self.log_dir / "broker.log", "ab") as log:
             self.broker = start_embedded_broker(s, log)
         ensure_topics(s)
-        env = {**os.environ, **env_of(s), "PYTHONUNBUFFERED": "1"}
         for proc in self.processes:
-            with open(self.log_dir / f"{proc}.log", "ab") as log:
-                self.procs[proc] = subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", proc],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+            self.spawn(proc)
         if "web" in self.procs:
             wait_for(self._web_up, 60, "the web server")
+
+    def spawn(self, proc: str) -> None:
+        """Start one product process (``heatreplay <proc>``) from ``root``."""
+        env = {**os.environ, **env_of(self.settings), "PYTHONUNBUFFERED": "1"}
+        with open(self.log_dir / f"{proc}.log", "ab") as log:
+            self.procs[proc] = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", proc],
+                cwd=self.root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def _web_up(self) -> bool:
         self.check_alive()
