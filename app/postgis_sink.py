@@ -1,11 +1,18 @@
 """PostGIS sink: every ping from Kafka into the partitioned ``pings`` table, exactly once.
 
-Per batch (up to SINK_BATCH_MAX messages or SINK_BATCH_WAIT_S): decode once, build one
+Per batch (up to SINK_BATCH_MAX pings or SINK_BATCH_WAIT_S): decode once, build one
 binary COPY stream by hand (EWKB points), and in ONE transaction write the rows, the
 minute rollup and the next offset per partition (``sink_offsets``). Only after that
 commit is the offset committed to Kafka, and on (re)assignment the sink seeks to the
 offsets stored in PostgreSQL, so a crash at any instant neither loses nor doubles a ping.
 Undecodable messages go to the dead-letter topic before the offsets that cover them.
+
+Two batches are in hand at a time: a writer thread writes batch n while the run loop
+collects, decodes and encodes batch n+1 (app/sink_batch.py), so PostgreSQL, which spends
+most of a batch's time on the spatial index, is not left idle while Python works. The
+writer takes the batches one at a time, in order; the Kafka consumer stays on the run
+loop's thread, and a (re)assignment first waits for the batch being written, so it
+reads the offsets that batch stored (docs/performance.md, eleventh round).
 """
 
 from __future__ import annotations
@@ -14,25 +21,19 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from datetime import date, timedelta
-from typing import cast
+from datetime import date
 
 import psycopg
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
-from psycopg.copy import QueuedLibpqWriter
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from app import metrics
 from app.backoff import Backoff
-from app.copy_rows import (
-    COPY_SQL,
-    HEADER,
-    TRAILER,
-    encode_rows_each,
-    rows_in_spatial_order,
-)
+from app.copy_rows import COPY_SQL, HEADER, TRAILER
 from app.dead_letter import DeadLetters
 from app.kafka_io import (
     FETCH_MIN_BYTES_SINK,
@@ -43,37 +44,29 @@ from app.kafka_io import (
     ProbeTimeout,
     consumer_config,
 )
-from app.ping import Ping
 from app.settings import Settings
-from app.wire import pings_and_bad
+from app.sink_batch import PreparedBatch, prepare
 from replay.rollups import MinuteRollups, Pairs
 
 log = logging.getLogger(__name__)
 
-EPOCH_DAY = date(1970, 1, 1)
-COPY_WRITE_BYTES = 256 * 1024  # a uniform batch's rows go to the writer in pieces of this
+COPY_WRITE_BYTES = 256 * 1024  # the rows go to PostgreSQL in pieces of this
 
 
-def copy_pings(cur: psycopg.Cursor, pings: Sequence[Ping], chunk: int = 2_000) -> None:
-    """COPY ``pings`` through a queued writer (a worker thread sends while this one goes
-    on): a uniform batch encoded at once in spatial order (``rows_in_spatial_order``:
-    the index upkeep is cheaper), any other in chunks of ``chunk`` rows as they come."""
-    with cur.copy(COPY_SQL, writer=QueuedLibpqWriter(cur)) as copy:
+def copy_rows(cur: psycopg.Cursor, rows: bytes) -> None:
+    """COPY encoded rows (app/copy_rows.py) into ``pings``."""
+    with cur.copy(COPY_SQL) as copy:
         copy.write(HEADER)
-        rows = rows_in_spatial_order(pings)
-        if rows is None:
-            for start in range(0, len(pings), chunk):
-                copy.write(encode_rows_each(pings[start : start + chunk]))
-        else:
-            view = memoryview(rows)
-            for start in range(0, len(view), COPY_WRITE_BYTES):
-                copy.write(view[start : start + COPY_WRITE_BYTES])
+        view = memoryview(rows)
+        for start in range(0, len(view), COPY_WRITE_BYTES):
+            copy.write(view[start : start + COPY_WRITE_BYTES])
         copy.write(TRAILER)
 
 
 @dataclass
 class SinkStats:
-    batches: int = 0
+    batches: int = 0  # written
+    batches_collected: int = 0  # written, being written, or waiting for the writer
     rows: int = 0
     dead_letters: int = 0
     last_batch_rows: int = 0
@@ -102,18 +95,22 @@ class PostgisSink:
     _conn: psycopg.Connection | None = None
     _written: dict[int, int] = field(default_factory=dict)
     _rollups: MinuteRollups = field(default_factory=MinuteRollups)
+    # the batch the writer thread has in hand (None: the writer is idle)
+    _pending: Future[bool] | None = None
 
     def run(self, max_batches: int | None = None) -> SinkStats:
         """Consume until ``stop`` is set (or ``max_batches`` batches were written).
 
         On stop the batch being collected is still written (or, if PostgreSQL is down,
         abandoned: its offsets were never stored, so the next run reads it again), the
-        last offsets are committed synchronously and the consumer leaves its group."""
+        last offsets are committed synchronously and the consumer leaves its group. A
+        write that fails for good (not an outage) ends the run with its exception."""
         settings = self.settings
         consumer = Consumer(
             consumer_config(settings, settings.group_sink, fetch_min_bytes=FETCH_MIN_BYTES_SINK)
         )
         dead = DeadLetters(settings, source="postgis_sink")
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
         try:
             consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
             collector = BatchCollector(
@@ -124,13 +121,26 @@ class PostgisSink:
                 pings_per_message=settings.kafka_pings_per_message,
             )
             while not self.stop.is_set():
-                if max_batches is not None and self.stats.batches >= max_batches:
+                if max_batches is not None and self.stats.batches_collected >= max_batches:
                     break
-                batch = collector.collect()
+                batch = collector.collect()  # while the writer writes the one before
+                self.stats.batches_collected += 1 if batch.messages else 0
+                if self._pending is not None and self._pending.done():
+                    self._settle(consumer)
                 if batch.messages:
-                    self._write_retrying(consumer, batch, dead)
+                    # prepared here, while the writer may still have the last batch
+                    prepared = prepare(batch)
+                    self._settle(consumer)  # the writer takes one batch at a time
+                    self._pending = writer.submit(self._write_retrying, batch, prepared, dead)
+            self._settle(consumer)
             self._commit_kafka(consumer, asynchronous=False)
+        except BaseException:
+            # the run ends: a batch still in hand is written, or given up unstored
+            # rather than retried against an outage for ever
+            self.stop.set()
+            raise
         finally:
+            writer.shutdown(wait=True)
             consumer.close()
             self._drop_conn()
             dead.close()
@@ -139,6 +149,14 @@ class PostgisSink:
             if self._redis is not None:
                 self._redis.close()
         return self.stats
+
+    def _settle(self, consumer: Consumer) -> None:
+        """Wait for the batch in hand (raising what its write raised), then commit to
+        Kafka what PostgreSQL now holds. Run-loop thread only: the consumer's."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+            self._commit_kafka(consumer, asynchronous=True)
 
     def _db(self) -> psycopg.Connection | None:
         """The connection, reconnecting with backoff; None once stop is set."""
@@ -167,9 +185,10 @@ class PostgisSink:
         # a fail-over to a lagging standby): start the memory afresh, the key decides
         self._rollups.forget()
 
-    def _write_retrying(self, consumer: Consumer, batch: Batch, dead: DeadLetters) -> bool:
+    def _write_retrying(self, batch: Batch, prepared: PreparedBatch, dead: DeadLetters) -> bool:
         """Write one batch, waiting out PostgreSQL (or dead-letter broker) outages.
-        False if stop came first: the batch is abandoned, nothing of it was committed."""
+        False if stop came first: the batch is abandoned, nothing of it was committed.
+        Runs on the writer thread."""
         backoff = Backoff(self.stop)
         remade_days = False
         while True:
@@ -177,7 +196,7 @@ class PostgisSink:
             if conn is None:
                 break
             try:
-                next_offsets, rows, bad = self._write(conn, batch, dead)
+                next_offsets, rows, bad = self._write(conn, batch, prepared, dead)
             except RETRYABLE_DB as exc:
                 self.stats.db_retries += 1
                 log.warning("sink: batch of %d not written (%s); retrying", batch.pings, exc)
@@ -196,7 +215,7 @@ class PostgisSink:
                 self._drop_conn()
                 continue
             else:
-                self._after_write(consumer, next_offsets, rows, bad)
+                self._after_write(next_offsets, rows, bad)
                 return True
             if not backoff.wait():
                 break
@@ -204,9 +223,7 @@ class PostgisSink:
         log.warning("sink: stopping; batch of %d abandoned (re-read on restart)", batch.pings)
         return False
 
-    def _after_write(
-        self, consumer: Consumer, next_offsets: dict[int, int], rows: int, bad: int
-    ) -> None:
+    def _after_write(self, next_offsets: dict[int, int], rows: int, bad: int) -> None:
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.dead_letters += bad
@@ -214,8 +231,7 @@ class PostgisSink:
         self.report(rows, bad)
         if self.after_db_commit is not None:
             self.after_db_commit(rows)
-        self._written.update(next_offsets)
-        self._commit_kafka(consumer, asynchronous=True)
+        self._written.update(next_offsets)  # committed to Kafka by the run loop
 
     def _commit_kafka(self, consumer: Consumer, asynchronous: bool) -> None:
         """A convenience for lag monitoring: PostgreSQL holds the real position."""
@@ -249,7 +265,11 @@ class PostgisSink:
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         """Start every partition where PostgreSQL says this group stopped; a partition
-        it never wrote starts at the beginning (Kafka's committed offset is not trusted)."""
+        it never wrote starts at the beginning (Kafka's committed offset is not trusted).
+        Called inside the run loop's poll: the batch in hand is written first (or given
+        up on stop), so the offsets read include it and the connection is free."""
+        if self._pending is not None:
+            wait_for([self._pending])  # its failure is raised by the run loop
         backoff = Backoff(self.stop)
         stored: dict[int, int] | None = None
         while stored is None:
@@ -343,11 +363,8 @@ class PostgisSink:
         conn.commit()
         return {int(p): int(o) for p, o in rows}
 
-    def _ensure_partitions(self, conn: psycopg.Connection, pings: Sequence[Ping]) -> None:
-        # distinct UTC days first (integer division), dates only for those
-        days = {EPOCH_DAY + timedelta(days=d) for d in {p.ts // 86_400_000 for p in pings}}
-        days -= self._days
-        for day in sorted(days):
+    def _ensure_partitions(self, conn: psycopg.Connection, days: frozenset[date]) -> None:
+        for day in sorted(days - self._days):
             created = conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,)).fetchone()
             conn.commit()
             if created and created[0]:
@@ -355,17 +372,13 @@ class PostgisSink:
             self._days.add(day)
 
     def _write(
-        self, conn: psycopg.Connection, batch: Batch, dead: DeadLetters
+        self, conn: psycopg.Connection, batch: Batch, prepared: PreparedBatch, dead: DeadLetters
     ) -> tuple[dict[int, int], int, int]:
         """One transaction: rows, rollups and the next offsets. Returns those offsets,
         the rows written and the messages dead-lettered."""
-        messages, decoded = batch.messages, batch.decoded
-        self._ensure_partitions(conn, pings_and_bad(messages, decoded)[0])
+        self._ensure_partitions(conn, prepared.days)
         group, topic = self.settings.group_sink, self.settings.topic_pings
-        # one C call per message for its partition and one for its offset, no helpers
-        # (0.33 -> 0.13 us per message); a consumed message has both, the stubs allow None
-        partition_of = cast(list[int], [m.partition() for m in messages])
-        parts = sorted(set(partition_of))
+        parts = sorted(prepared.first)
         started = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
             # Lock this group's offset rows: a member that lost the partition in a
@@ -383,29 +396,18 @@ class PostgisSink:
                 (group, topic, parts),
             )
             floor = {int(part): int(off) for part, off in cur.fetchall()}
-            pings: list[Ping] = []
-            bad: list[tuple[Message, str]] = []
-            next_offsets = dict(floor)
+            if not prepared.past(floor):  # some of it is stored already: only the rest
+                prepared = prepare(batch, floor)
+            taken = prepared.next_offsets
+            next_offsets = {p: max(off, taken.get(p, 0)) for p, off in floor.items()}
             pairs: Pairs = {}
-            for msg, part, item in zip(messages, partition_of, decoded, strict=True):
-                offset: int = msg.offset()  # type: ignore[assignment]
-                if offset < floor[part]:
-                    continue  # already written by this group
-                if isinstance(item, Ping):
-                    pings.append(item)
-                elif isinstance(item, list):  # a message of several pings (app/wire.py)
-                    pings.extend(item)
-                else:
-                    bad.append((msg, item))
-                if offset >= next_offsets[part]:
-                    next_offsets[part] = offset + 1
-            if bad:
+            if prepared.bad:
                 # before the offsets that cover them; a retried batch may send them
                 # twice (dead letters are at least once, rows exactly once)
-                dead.send(bad)
-            if pings:
-                copy_pings(cur, pings)
-                pairs = self._rollups.write(cur, pings)
+                dead.send(prepared.bad)
+            if prepared.pings:
+                copy_rows(cur, prepared.rows)
+                pairs = self._rollups.write_counted(cur, prepared.per_minute, prepared.pairs)
             cur.executemany(
                 "UPDATE sink_offsets SET next_offset = %s, updated_at = now() "
                 "WHERE consumer_group = %s AND topic = %s AND partition = %s",
@@ -413,7 +415,7 @@ class PostgisSink:
             )
         self._rollups.committed(pairs)
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
-        return next_offsets, len(pings), len(bad)
+        return next_offsets, len(prepared.pings), len(prepared.bad)
 
 
 SINK_APPLICATION_NAME = "heatreplay-sink"

@@ -110,14 +110,19 @@ class MinuteRollups:
 
     def write(self, cur: psycopg.Cursor, pings: Sequence[Ping]) -> Pairs:
         """Write the batch's rollups in the caller's transaction; pass what this returns
-        to ``committed`` once that transaction has committed."""
-        per_minute, pairs = batch_pairs(pings)
+        (the pairs sent) to ``committed`` once that transaction has committed."""
+        return self.write_counted(cur, *batch_pairs(pings))
+
+    def write_counted(self, cur: psycopg.Cursor, per_minute: Counter[int], pairs: Pairs) -> Pairs:
+        """``write`` for a batch already counted by ``batch_pairs`` (the sink counts a
+        batch before its writer thread takes it). ``pairs`` is left as it was: a retry
+        of the transaction sends from it again."""
+        sent: Pairs = {}
         for m, drivers in pairs.items():
             known = self._written.get(m)
-            if known:
-                drivers -= known
-        send(cur, per_minute, pairs)
-        return pairs
+            sent[m] = drivers - known if known else drivers
+        send(cur, per_minute, sent)
+        return sent
 
     def committed(self, pairs: Pairs) -> None:
         now_minute = int(self._clock_ms()) // 60_000

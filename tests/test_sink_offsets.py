@@ -3,6 +3,9 @@ PostgreSQL commit and the Kafka commit, neither loses nor doubles a ping."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -88,3 +91,33 @@ def test_crash_between_postgres_and_kafka_commit_doubles_nothing(
     check = check_history(db, accepted)
     assert check.exact, check.as_dict()
     assert resumed.stats.rows == 1500
+
+
+def test_the_sink_collects_one_batch_ahead_of_the_write_and_no_more(
+    settings, db, accepted, run_in_background
+):
+    """Batch n+1 is collected while batch n is written (PostgreSQL is not left idle while
+    Python decodes), but no further: two batches in hand at most, whatever the backlog."""
+    s = settings.with_(sink_batch_max=500, sink_batch_wait_s=2.0)
+    release = threading.Event()
+
+    def hold_the_first(_rows: int) -> None:
+        if sink.stats.batches == 1:
+            release.wait(30)
+
+    sink = PostgisSink(s, after_db_commit=hold_the_first)
+    run_in_background(sink)
+    try:
+        wait_until(lambda: sink.stats.batches_collected == 2, timeout=30)
+        time.sleep(1.0)  # 2,500 pings wait in the topic: a third batch would be taken now
+        assert (sink.stats.batches_collected, sink.stats.batches) == (2, 1)
+        assert row_count(db) == 500
+        assert sum(max(0, o) for o in kafka_committed(s).values()) == 0
+    finally:
+        release.set()
+    wait_until(lambda: row_count(db) >= 3000, timeout=30)
+    sink.stop.set()
+    wait_until(lambda: sum(max(0, o) for o in kafka_committed(s).values()) == 3000, timeout=30)
+    check = check_history(db, accepted)
+    assert check.exact, check.as_dict()
+    assert sink.stats.batches == sink.stats.batches_collected == 6
