@@ -125,12 +125,14 @@ class PostgisSink:
                     break
                 batch = collector.collect()  # while the writer writes the one before
                 self.stats.batches_collected += 1 if batch.messages else 0
-                if self._pending is not None and self._pending.done():
-                    self._settle(consumer)
+                written = self._pending is not None and self._pending.done()
+                if written and not self._settle(consumer):
+                    break  # the batch in hand was given up (see _settle)
                 if batch.messages:
                     # prepared here, while the writer may still have the last batch
                     prepared = prepare(batch)
-                    self._settle(consumer)  # the writer takes one batch at a time
+                    if not self._settle(consumer):  # the writer takes one at a time
+                        break
                     self._pending = writer.submit(self._write_retrying, batch, prepared, dead)
             self._settle(consumer)
             self._commit_kafka(consumer, asynchronous=False)
@@ -150,13 +152,19 @@ class PostgisSink:
                 self._redis.close()
         return self.stats
 
-    def _settle(self, consumer: Consumer) -> None:
+    def _settle(self, consumer: Consumer) -> bool:
         """Wait for the batch in hand (raising what its write raised), then commit to
-        Kafka what PostgreSQL now holds. Run-loop thread only: the consumer's."""
+        Kafka what PostgreSQL now holds. Run-loop thread only: the consumer's.
+
+        False if the writer gave that batch up (stop came during an outage): then no
+        later batch may be written, or its offsets would pass over the one given up."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-            self._commit_kafka(consumer, asynchronous=True)
+        if pending is None:
+            return True
+        if not pending.result():
+            return False
+        self._commit_kafka(consumer, asynchronous=True)
+        return True
 
     def _db(self) -> psycopg.Connection | None:
         """The connection, reconnecting with backoff; None once stop is set."""
@@ -268,8 +276,11 @@ class PostgisSink:
         it never wrote starts at the beginning (Kafka's committed offset is not trusted).
         Called inside the run loop's poll: the batch in hand is written first (or given
         up on stop), so the offsets read include it and the connection is free."""
-        if self._pending is not None:
-            wait_for([self._pending])  # its failure is raised by the run loop
+        pending = self._pending
+        if pending is not None:
+            wait_for([pending])
+            if pending.exception() is not None or not pending.result():
+                return  # the run loop raises that failure, or stops (it was given up)
         backoff = Backoff(self.stop)
         stored: dict[int, int] | None = None
         while stored is None:

@@ -7,7 +7,9 @@ PostgreSQL, which spends most of a batch's time on the spatial index, does not w
 Python (docs/performance.md, eleventh round).
 
 The preparation assumes every message is past the offsets PostgreSQL holds for this
-group, as it is unless a rebalance or a retried commit came between. The writer checks
+group, as it is unless a rebalance or a retried commit came between. A message the
+batch holds twice (a reassignment during its collection seeks back to PostgreSQL's
+offset, which delivers again what the batch already took) is taken once. The writer checks
 that under the offset lock (``past``) and otherwise prepares the batch again from the
 messages past those offsets: the fence stays where it was, in the transaction.
 """
@@ -60,6 +62,10 @@ def prepare(batch: Batch, floor: dict[int, int] | None = None) -> PreparedBatch:
         part, offset = cast(int, msg.partition()), cast(int, msg.offset())
         if floor is not None and offset < floor.get(part, 0):
             continue  # already written by this group
+        if offset < next_offsets.get(part, 0):
+            # delivered again: the partition was reassigned while this batch was being
+            # collected, and the sink seeks to where PostgreSQL says it stopped
+            continue
         if isinstance(item, Ping):
             pings.append(item)
         elif isinstance(item, list):  # a message of several pings (app/wire.py)

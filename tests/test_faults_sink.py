@@ -9,6 +9,8 @@ import os
 import threading
 import time
 
+import psycopg
+
 from app.kafka_io import PingProducer
 from app.postgis_sink import SINK_APPLICATION_NAME, PostgisSink
 from tests.conftest import wait_until
@@ -20,6 +22,7 @@ from tests.faults import (
     keyed_pings,
     kill_soak,
     produce,
+    row_count,
     stored_position,
 )
 from tests.test_sink_offsets import kafka_committed, stored_offsets
@@ -139,3 +142,34 @@ def test_a_sink_that_lost_its_connection_writes_its_rollup_pairs_again(
     producer.close()
     assert sink.stats.db_retries >= 1
     assert db.execute("SELECT count(*) FROM driver_minutes").fetchone()[0] == 50
+
+
+def test_a_batch_given_up_on_stop_is_not_passed_over_by_the_one_behind_it(
+    settings, db, run_in_background
+):
+    """Stop during an outage gives up the batch being written (its offsets were never
+    stored: the next run reads it again). The batch collected behind it must not be
+    written then, or its offsets would pass over the one given up and lose it."""
+    s = settings.with_(sink_batch_max=500, sink_batch_wait_s=2.0)
+    producer = PingProducer(s)
+    pings = keyed_pings(1000)
+    assert produce(producer, pings) == 1000
+    producer.close()
+    with psycopg.connect(s.database_url) as blocker:
+        blocker.execute("LOCK TABLE sink_offsets IN SHARE MODE")  # reads pass, writes wait
+        sink = PostgisSink(s)
+        background = run_in_background(sink)
+        wait_until(lambda: sink.stats.batches_collected == 2, timeout=30)
+        sink.stop.set()
+        assert cut_sink_connections(db) == 1  # the write waiting on the lock fails
+        time.sleep(0.5)
+        blocker.rollback()  # a batch the writer still took would be written now
+        background.stop()
+    assert (sink.stats.abandoned_batches, sink.stats.batches) == (1, 0)
+    assert row_count(db) == 0
+    resumed = PostgisSink(s)
+    run_in_background(resumed)
+    wait_until(lambda: row_count(db) >= 1000, timeout=30)
+    resumed.stop.set()
+    check = check_history(db, {key_of(p) for p in pings})
+    assert check.exact, check.as_dict()

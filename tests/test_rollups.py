@@ -15,7 +15,7 @@ import pytest
 
 from app.copy_rows import COPY_SQL, encode_copy
 from app.ping import Ping
-from replay.rollups import MinuteRollups, Pairs
+from replay.rollups import MinuteRollups, Pairs, batch_pairs
 from tests.faults import rollup_mismatches
 from tests.replay_support import ensure_days, ms, truncate, write_history
 
@@ -108,6 +108,20 @@ def test_sink_memory_sends_each_pair_once_and_stays_exact(db):
     pairs, per_minute = _rollups(db)
     assert pairs == {(p.ts // 60_000, p.driver_id) for p in all_pings}
     assert per_minute[m0 // 60_000] == (50 * 4 + 12 + 4, 53)
+
+
+def test_the_counted_pairs_are_left_as_they_were_for_a_retry(db):
+    """The sink counts a batch once and may send it in a second transaction (the first
+    failed): the pairs it passes must not lose the drivers the memory already has."""
+    truncate(db)
+    ensure_days(db, T0, T0 + 60_000)
+    rollups = MinuteRollups()
+    _write(db, rollups, _fleet(T0, ["a", "b"], 0))
+    per_minute, pairs = batch_pairs(_fleet(T0, ["a", "b", "c"], 1))
+    with db.transaction(), db.cursor() as cur:
+        sent = rollups.write_counted(cur, per_minute, pairs)
+    assert sent == {T0 // 60_000: {"c"}}
+    assert pairs == {T0 // 60_000: {"a", "b", "c"}}
 
 
 def test_rolled_back_batch_is_not_remembered(db):

@@ -73,6 +73,17 @@ def test_prepared_again_past_a_floor_it_keeps_only_the_rest():
     assert (nothing.pings, nothing.rows, nothing.first, nothing.next_offsets) == ([], b"", {}, {})
 
 
+def test_messages_delivered_again_after_a_seek_back_are_taken_once():
+    """A reassignment while a batch is collected seeks the partition back to where
+    PostgreSQL says the sink stopped: the batch then holds those messages twice."""
+    pings = [ping(n) for n in range(5)]
+    first_pass = [(0, 100 + i, encode_wire(p)) for i, p in enumerate(pings[:3])]
+    after_seek = [(0, 100 + i, encode_wire(p)) for i, p in enumerate(pings)]
+    prepared = prepare(batch_of([*first_pass, (1, 7, encode_wire(ping(9))), *after_seek]))
+    assert prepared.pings == [*pings[:3], ping(9), *pings[3:]]
+    assert (prepared.first, prepared.next_offsets) == ({0: 100, 1: 7}, {0: 105, 1: 8})
+
+
 def test_a_batch_of_mixed_row_layouts_is_encoded_row_by_row():
     pings = [ping(1), Ping("a-much-longer-driver-id", 6.5, 3.4, T0, None, None)]
     prepared = prepare(batch_of([(0, o, encode_wire(p)) for o, p in enumerate(pings)]))
