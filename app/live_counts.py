@@ -403,11 +403,7 @@ class LiveCounts:
             # one "driver\tts\tvalue" line per driver in one argument: redis-py encodes
             # every argument, and three per driver cost the worker ~0.7 us more per
             # driver (docs/performance.md, sixth round)
-            args = [
-                "\n".join(
-                    f"{d}\t{ts}\t{stored_value(ts, gh, p)}" for d, (ts, gh, p) in latest.items()
-                )
-            ]
+            args = [packed_lines(latest)]
         else:  # an id the packed lines could not carry: three arguments per driver
             args = [
                 x for d, (ts, gh, p) in latest.items() for x in (d, ts, stored_value(ts, gh, p))
