@@ -65,11 +65,17 @@ def test_live_counts_heal_after_sigkill_and_redis_wipes(settings):
     client = redis.Redis.from_url(s.redis_url)
     live = LiveCounts(client, s)
     producer = PingProducer(s)
+    # the heal replays both message forms: a deployment may switch
+    # KAFKA_PINGS_PER_MESSAGE with messages of the other form still in the window
+    arrays = PingProducer(s.with_(kafka_pings_per_message=100))
     rng = random.Random(11)
     sent: list[Ping] = []
 
-    def send(pings: list[Ping]) -> None:
-        produce(producer, pings)
+    def send(pings: list[Ping], batched: bool = False) -> None:
+        if batched:
+            assert arrays.send_pings(pings) == len(pings)
+        else:
+            produce(producer, pings)
         sent.extend(pings)
 
     def exact() -> bool:
@@ -80,13 +86,13 @@ def test_live_counts_heal_after_sigkill_and_redis_wipes(settings):
     try:
         worker.start()
         send(wave(rng, 400, now_ms()))
-        send(wave(rng, 400, now_ms()))  # drivers move: the newest ping decides
+        send(wave(rng, 400, now_ms()), batched=True)  # drivers move: the newest decides
         wait_until(exact, timeout=30)
 
         # 1. SIGKILL, Redis loses the keys, more pings arrive while nobody counts
         worker.kill9()
         assert wipe_prefix(client, s.redis_key_prefix) > 0
-        send(wave(rng, 250, now_ms()))
+        send(wave(rng, 250, now_ms()), batched=True)
         killed_at = time.monotonic()
         assert live.cells(6, now_ms()) == {}
         worker.start()
@@ -113,6 +119,7 @@ def test_live_counts_heal_after_sigkill_and_redis_wipes(settings):
     finally:
         worker.cleanup()
         producer.close()
+        arrays.close()
         client.delete(marker_key(s))
         client.close()
 
