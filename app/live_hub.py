@@ -359,17 +359,11 @@ class LiveHub:
             with self._lock:
                 self._note_expiry(next_expiry)
         # many views ask for ~100 prefixes each: build every prefix's part at once;
-        # a few views ask for few: encode only those (see FrameParts)
+        # a few views ask for few: encode only those (see FrameParts). Built for a
+        # precision only once a view's cover asks: a view too big for a cover is built
+        # plainly, and sorting every cell of the snapshot for it was wasted
         per_precision = Counter(view.precision for view in views.values())
-        parts = {
-            precision: FrameParts(
-                cells,
-                precision,
-                keep_cells=precision >= settings.markers_min_precision,
-                eager=per_precision[precision] >= EAGER_PARTS_VIEWS,
-            )
-            for precision, cells in snapshots.items()
-        }
+        parts: dict[int, FrameParts] = {}
         indexes: dict[int, CellIndex] = {}  # for views too big for a cover
         built: dict[tuple[Any, ...], _Built] = {}
         for key, view in views.items():
@@ -382,6 +376,13 @@ class LiveHub:
                     indexes[precision] = CellIndex(snapshots[precision], precision)
                 built[key] = _plain(indexes[precision], view, now)
             else:
+                if precision not in parts:
+                    parts[precision] = FrameParts(
+                        snapshots[precision],
+                        precision,
+                        keep_cells=precision >= settings.markers_min_precision,
+                        eager=per_precision[precision] >= EAGER_PARTS_VIEWS,
+                    )
                 built[key] = parts[precision].view(prefixes)
             if not self._wants_markers(view, built[key]):
                 self._deliver(key, view, built[key], None, now, covers[key])

@@ -173,22 +173,23 @@ class CellIndex:
         self.counts = counts
         self.precision = precision
         self.small = small  # below this many cells, filtering them all is cheaper
-        self._levels: dict[int, tuple[dict[str, dict[str, int]], float, float]] = {}
+        self._levels: dict[int, dict[str, dict[str, int]]] = {}
 
-    def _level(self, k: int) -> tuple[dict[str, dict[str, int]], float, float]:
+    def _level(self, k: int) -> dict[str, dict[str, int]]:
         """Cells bucketed by their first k characters (built on first use, per round)."""
         if k not in self._levels:
             buckets: dict[str, dict[str, int]] = {}
             for cell, value in self.counts.items():
                 buckets.setdefault(cell[:k], {})[cell] = value
-            w, s, e, n = cell_bounds("s" * k)
-            self._levels[k] = (buckets, e - w, n - s)
+            self._levels[k] = buckets
         return self._levels[k]
 
     def within(self, bbox: BBox | None) -> Mapping[str, int]:
         """Every cell that may intersect ``bbox`` (a superset; build_frame decides).
         Buckets one character coarser than the cells when the box spans few of them,
-        else two: a view then reads about its own cells, not the city's."""
+        else two: a view then reads about its own cells, not the city's. A box spanning
+        more buckets than there are is matched bucket by bucket (a big box over the sea
+        reads no cell of the city). Only the level used is built."""
         if bbox is None or len(self.counts) <= self.small:
             return self.counts
         eps = 1e-9  # a bucket touching the box edge holds cells touching it too
@@ -197,14 +198,20 @@ class CellIndex:
         for k in (self.precision - 1, self.precision - 2):
             if k < 1:
                 return self.counts
-            buckets, dlon, dlat = self._level(k)
+            w, s, e, n = cell_bounds("s" * k)
+            dlon, dlat = e - w, n - s
             cols = int((east - west) / dlon) + 2
             rows = int((north - south) / dlat) + 2
             if cols * rows <= 400:
                 break
-        if cols * rows >= len(buckets):
-            return self.counts
+        buckets = self._level(k)
         out: dict[str, int] = {}
+        if cols * rows >= len(buckets):  # fewer buckets than the box spans: test each
+            for key, bucket in buckets.items():
+                bw, bs, be, bn = cell_bounds(key)
+                if not (be < west or bw > east or bn < south or bs > north):
+                    out.update(bucket)
+            return out
         seen: set[str] = set()
         for i in range(rows):
             lat = min(north, south + i * dlat)
@@ -212,9 +219,9 @@ class CellIndex:
                 key = _encode(lat, min(east, west + j * dlon), k)
                 if key not in seen:
                     seen.add(key)
-                    bucket = buckets.get(key)
-                    if bucket:
-                        out.update(bucket)
+                    found = buckets.get(key)
+                    if found:
+                        out.update(found)
         return out
 
 
