@@ -52,3 +52,30 @@ def test_index_keeps_exactly_the_cells_build_frame_keeps(data, box, edge):
     for cell, _ in full["cells"]:
         cw, cs, ce, cn = cell_bounds(cell)
         assert not (ce < box.west or cw > box.east or cn < box.south or cs > box.north)
+
+
+EDGE_POINTS = [
+    (89.99, 179.99),
+    (89.99, -179.99),
+    (-89.99, 179.99),
+    (0.5, 179.99999),
+    (0.5, -179.99999),
+]
+
+
+def test_index_keeps_the_cells_at_the_antimeridian_and_the_poles():
+    """Boxes touching the antimeridian or a pole, which the strategies above do not
+    draw: the index keeps what build_frame keeps, and those cells are there."""
+    for box in (
+        BBox(179.9, -90.0, 180.0, 90.0),
+        BBox(-180.0, 89.9, -179.9, 90.0),
+        BBox(180.0, 0.0, 180.0, 1.0),
+        BBox(-180.0, -90.0, 180.0, 90.0),
+    ):
+        for precision in range(1, 9):
+            counts = {geohash.encode(la, lo, precision): 1 for la, lo in [*EDGE_POINTS, (6.5, 3.4)]}
+            view = View(precision, box)
+            full = build_frame(counts, view, 0, "live")
+            assert full["total"] > 0
+            fast = build_frame(CellIndex(counts, precision, small=0).within(box), view, 0, "live")
+            assert fast == full, (box, precision)
