@@ -7,11 +7,11 @@ PostgreSQL, which spends most of a batch's time on the spatial index, does not w
 Python (docs/performance.md, eleventh round).
 
 The preparation assumes every message is past the offsets PostgreSQL holds for this
-group, as it is unless a rebalance or a retried commit came between. A message the
-batch holds twice (a reassignment during its collection seeks back to PostgreSQL's
-offset, which delivers again what the batch already took) is taken once. The writer checks
+group, as it is unless a rebalance or a retried commit came between. The writer checks
 that under the offset lock (``past``) and otherwise prepares the batch again from the
-messages past those offsets: the fence stays where it was, in the transaction.
+messages past those offsets: the fence stays where it was, in the transaction. A message
+the batch holds twice (a reassignment during its collection seeks back to PostgreSQL's
+offset, which delivers again what the batch already took) is taken once.
 """
 
 from __future__ import annotations

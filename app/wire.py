@@ -112,7 +112,7 @@ def decode_batch(messages: Sequence[Message]) -> list[Decoded]:
             out[i] = (
                 f"driver_id: {DRIVER_ID_MESSAGE}"
                 if k < 0
-                else (f"ping {k}: driver_id: {DRIVER_ID_MESSAGE}")
+                else f"ping {k}: driver_id: {DRIVER_ID_MESSAGE}"
             )
     return out
 
