@@ -112,6 +112,18 @@ def retention(days: int | None, dry_run: bool, every: str | None) -> None:
             return
 
 
+@main.command("geom-index")
+def geom_index() -> None:
+    """Build the spatial index of every day partition that is due one (GEOM_INDEX)."""
+    from app.geom_index import index_due
+
+    settings = _settings()
+    built = index_due(settings, progress=click.echo)
+    for b in built:
+        click.echo(f"geom index: {b.partition} built in {b.seconds:.1f} s")
+    click.echo(f"geom index: {len(built)} partition(s) built (GEOM_INDEX={settings.geom_index})")
+
+
 @main.command("live-worker")
 def live_worker() -> None:
     """Consume pings into the live heat counters in Redis."""

@@ -99,7 +99,10 @@ def ensure_partitions_ahead(settings: Settings, today: date | None = None) -> No
     day = today or datetime.now(UTC).date()
     with connect(settings, autocommit=True) as conn:
         for offset in range(-1, settings.partition_days_ahead + 1):
-            conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day + timedelta(offset),))
+            conn.execute(
+                "SELECT heatreplay_ensure_day_partition(%s, %s)",
+                (day + timedelta(offset), settings.geom_index == "immediate"),
+            )
 
 
 def _safe(url: str) -> str:

@@ -35,6 +35,7 @@ from app import metrics
 from app.backoff import Backoff
 from app.copy_rows import COPY_SQL, HEADER, TRAILER
 from app.dead_letter import DeadLetters
+from app.geom_index import GeomIndexer
 from app.kafka_io import (
     FETCH_MIN_BYTES_SINK,
     Batch,
@@ -376,7 +377,10 @@ class PostgisSink:
 
     def _ensure_partitions(self, conn: psycopg.Connection, days: frozenset[date]) -> None:
         for day in sorted(days - self._days):
-            created = conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,)).fetchone()
+            created = conn.execute(
+                "SELECT heatreplay_ensure_day_partition(%s, %s)",
+                (day, self.settings.geom_index == "immediate"),
+            ).fetchone()
             conn.commit()
             if created and created[0]:
                 self.stats.partitions_created += 1
@@ -433,6 +437,8 @@ SINK_APPLICATION_NAME = "heatreplay-sink"
 
 
 def run_sink(settings: Settings, stop: threading.Event | None = None) -> SinkStats:
-    """Entry point for `heatreplay sink` and tests."""
-    sink = PostgisSink(settings, stop=stop or threading.Event())
-    return sink.run()
+    """Entry point for `heatreplay sink` and tests: the sink, and beside it the builder
+    of day partitions' spatial indexes (app/geom_index.py)."""
+    stop = stop or threading.Event()
+    GeomIndexer(settings, stop).start()
+    return PostgisSink(settings, stop=stop).run()

@@ -19,6 +19,7 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "sec
 
 
 KAFKA_COMPRESSIONS = ("none", "lz4", "zstd", "snappy", "gzip")
+GEOM_INDEX_MODES = ("immediate", "deferred")
 # a batched message's pings at most: ~215 bytes per ping at most (a 64-character id and
 # every field), so ~215 KB, under a broker's 1 MB default and whole in a dead letter
 # (app/dead_letter.py keeps 256 KiB of a value)
@@ -61,6 +62,13 @@ class Settings:
     # batches of 5k against 10k drivers (docs/performance.md, eleventh round)
     live_batch_wait_s: float = 0.1
     partition_days_ahead: int = 2
+    # the spatial index of a day partition of `pings`: "immediate" (SPEC: every day
+    # partition is created with it) or "deferred" (built in one sorted pass once the day
+    # has been closed for GEOM_INDEX_AFTER_S; ingest then skips the index upkeep that
+    # grows with the day, docs/performance.md, twelfth round)
+    geom_index: str = "immediate"
+    geom_index_after_s: float = 900.0
+    geom_index_check_s: float = 300.0
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     web_workers: int = 2
@@ -132,6 +140,10 @@ class Settings:
                 f"KAFKA_PINGS_PER_MESSAGE must be between 1 (SPEC's one message per ping) "
                 f"and {MAX_PINGS_PER_MESSAGE}"
             )
+        if self.geom_index not in GEOM_INDEX_MODES:
+            raise SettingsError(f"GEOM_INDEX must be one of {', '.join(GEOM_INDEX_MODES)}")
+        if self.geom_index_after_s < 0 or self.geom_index_check_s <= 0:
+            raise SettingsError("GEOM_INDEX_AFTER_S must be >= 0 and GEOM_INDEX_CHECK_S > 0")
         if self.topic_partitions < 1:
             raise SettingsError("TOPIC_PARTITIONS must be >= 1")
         for env_name in (
@@ -185,6 +197,9 @@ ENV_NAMES: dict[str, str] = {
     "LIVE_BATCH_MAX": "live_batch_max",
     "LIVE_BATCH_WAIT_S": "live_batch_wait_s",
     "PARTITION_DAYS_AHEAD": "partition_days_ahead",
+    "GEOM_INDEX": "geom_index",
+    "GEOM_INDEX_AFTER_S": "geom_index_after_s",
+    "GEOM_INDEX_CHECK_S": "geom_index_check_s",
     "WEB_HOST": "web_host",
     "WEB_PORT": "web_port",
     "WEB_WORKERS": "web_workers",

@@ -50,6 +50,7 @@ SMOKE: dict[str, Callable[[], dict[str, Any]]] = {
         drivers=1_000,
         raw_rows=10_000,
         rates=(2_000,),
+        geom_index="deferred",  # the raw COPY and then the index build it defers
     ),
     "latency": lambda: live_latency.run(rate=2_000, duration_s=3, probe_every_s=0.6),
     "replay": lambda: replay.run(depths=(1,), drivers=3, frames=5, seeks=3, fps_s=1.0),

@@ -19,7 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.copy_rows import COPY_SQL, encode_copy
+from app.geom_index import MAINTENANCE_WORK_MEM, build, indexed_partitions
 from app.ping import Ping
+from app.retention import day_partitions
+from app.settings import GEOM_INDEX_MODES
 from bench.load import LoadGenerator, LoadSpec
 from bench.stack import Stack, cpu_seconds
 
@@ -57,16 +60,44 @@ def raw_copy_rate(stack: Stack, rows: int, chunk: int = 100_000) -> dict[str, An
             )
         )
     with stack.connect() as conn:
-        conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (datetime.now(UTC).date(),))
+        today = datetime.now(UTC).date()
+        conn.execute(
+            "SELECT heatreplay_ensure_day_partition(%s, %s)",
+            (today, stack.settings.geom_index == "immediate"),
+        )
         started = time.perf_counter()
         for stream in streams:
             with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
                 copy.write(stream)
         elapsed = time.perf_counter() - started
-    return {
+    out: dict[str, Any] = {
         "raw_copy_rows": rows,
         "raw_copy_s": round(elapsed, 3),
         "raw_copy_rows_per_s": round(rows / elapsed),
+    }
+    if stack.settings.geom_index == "deferred":
+        out.update(deferred_index_build(stack))
+    return out
+
+
+def deferred_index_build(stack: Stack) -> dict[str, Any]:
+    """GEOM_INDEX=deferred moves the spatial index's cost to after the day: what building
+    it over the run's partitions (today's, and tomorrow's if the run crossed midnight)
+    costs, as the builder does it (app/geom_index.py), so the figures count the whole
+    price of a row."""
+    rows = 0
+    elapsed = 0.0
+    with stack.connect() as conn:
+        conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
+        for partition in sorted(set(day_partitions(conn)) - indexed_partitions(conn)):
+            count = conn.execute(f"SELECT count(*) FROM {partition}").fetchone()
+            if count and count[0]:
+                rows += int(count[0])
+                elapsed += build(conn, partition)
+    return {
+        "deferred_index_rows": rows,
+        "deferred_index_s": round(elapsed, 3),
+        "deferred_index_us_per_row": round(1e6 * elapsed / max(rows, 1), 2),
     }
 
 
@@ -177,6 +208,7 @@ def run(
     raw_rows: int = 500_000,
     rates: tuple[float, ...] = (50_000, 60_000, 70_000),
     pings_per_message: int | None = None,
+    geom_index: str | None = None,
 ) -> dict[str, Any]:
     """An unpaced phase (what ingest accepts when flooded, and what the consumers do
     meanwhile), then paced phases at ``rates``; then the raw COPY rate. The headline
@@ -184,7 +216,11 @@ def run(
     end-to-end rate: accepted / time until the slower consumer had everything)."""
     # the message form: as asked, else the environment's KAFKA_PINGS_PER_MESSAGE (as for
     # every other bench item), else SPEC's one ping per message
-    form = {} if pings_per_message is None else {"kafka_pings_per_message": pings_per_message}
+    form: dict[str, Any] = {}
+    if pings_per_message is not None:
+        form["kafka_pings_per_message"] = pings_per_message
+    if geom_index is not None:  # else the environment's GEOM_INDEX, else immediate
+        form["geom_index"] = geom_index
     with Stack("e2e", web_workers=2, web_threads=8, **form) as stack:
         stack.wait_pipeline_ready()
         base = LoadSpec(
@@ -201,11 +237,13 @@ def run(
             phases.append(phase(stack, replace(base, rate=rate, seed=n), duration_s))
         raw = raw_copy_rate(stack, raw_rows)
         per_message = stack.settings.kafka_pings_per_message
+        index_mode = stack.settings.geom_index
     kept = [p for p in phases if p["live_keeps_up"] and p["sink_keeps_up"]]
     best = max(kept or phases, key=lambda p: p["pipeline_pings_per_s"])
     pipeline = best["pipeline_pings_per_s"]
     return {
         "kafka_pings_per_message": per_message,
+        "geom_index": index_mode,
         "pipeline_pings_per_s": pipeline,
         "pipeline_both_consumers_keep_up": bool(kept),
         "pipeline_from_phase": best["load"]["generator"],
@@ -233,6 +271,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="KAFKA_PINGS_PER_MESSAGE for the run (default: the environment's, else 1, "
         "SPEC's one message per ping)",
     )
+    parser.add_argument(
+        "--geom-index",
+        choices=GEOM_INDEX_MODES,
+        default=None,
+        help="GEOM_INDEX for the run (default: the environment's, else immediate); "
+        "deferred also times the index build over the day's rows",
+    )
 
 
 def from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,4 +290,5 @@ def from_args(args: argparse.Namespace) -> dict[str, Any]:
         raw_rows=args.raw_rows,
         rates=tuple(float(x) for x in args.rates.split(",") if x),
         pings_per_message=args.pings_per_message,
+        geom_index=args.geom_index,
     )

@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 from app import create_app
 from app.auth import mint_token
 from app.broker import start_embedded_broker
-from app.db import migrate
+from app.db import ensure_database, migrate
 from app.kafka_io import delete_topics, ensure_topics
 from app.settings import Settings, load_settings
 from bench.stack import free_port  # one picker for tests and benches (never a port twice)
@@ -73,6 +73,18 @@ def database_url(base_settings: Settings) -> Iterator[str]:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def scratch(base_settings: Settings) -> Iterator[Settings]:
+    """A database of its own, created empty (no schema) and dropped after the test."""
+    name = f"hr_migr_{uuid.uuid4().hex[:8]}"
+    s = base_settings.with_(database_url=make_conninfo(base_settings.database_url, dbname=name))
+    ensure_database(s)
+    yield s
+    admin = make_conninfo(base_settings.database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

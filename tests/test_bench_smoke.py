@@ -62,6 +62,13 @@ def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
     e2e = reports["e2e"]["items"]["e2e"]["figures"]
     for key in ("pipeline_pings_per_s", "raw_copy_rows_per_s", "pipeline_over_raw_copy"):
         _positive(e2e, key)
+    # GEOM_INDEX=deferred: the index build it times covers every row the run wrote (1:
+    # the stack's warm-up ping)
+    assert e2e["geom_index"] == "deferred"
+    _positive(e2e, "deferred_index_s")
+    assert e2e["deferred_index_rows"] == 1 + e2e["raw_copy_rows"] + sum(
+        p["processed_after_catchup"]["sink"] for p in e2e["phases"]
+    )
     assert [p["load"]["generator"].rsplit(", ", 1)[1] for p in e2e["phases"]] == [
         "as fast as accepted", "paced at 2000 pings/s"
     ]  # fmt: skip

@@ -3,28 +3,12 @@ head, downgrades back to nothing, and upgrades again, on a scratch database."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
-import pytest
 from alembic import command
 from alembic.config import Config
-from psycopg.conninfo import make_conninfo
 
-from app.db import ROOT, ensure_database, migrate
+from app.db import ROOT, migrate
 from app.settings import Settings
-
-
-@pytest.fixture
-def scratch(base_settings: Settings) -> Iterator[Settings]:
-    name = f"hr_migr_{uuid.uuid4().hex[:8]}"
-    s = base_settings.with_(database_url=make_conninfo(base_settings.database_url, dbname=name))
-    ensure_database(s)
-    yield s
-    admin = make_conninfo(base_settings.database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _alembic(s: Settings) -> Config:
@@ -96,3 +80,53 @@ def test_0005_downgrade_recounts_pings_per_driver_minute(scratch: Settings) -> N
             "FROM ping_minutes ORDER BY 1, 2"
         ).fetchall()
     assert got == [("17:00", "a", 2), ("17:00", "b", 1), ("17:01", "a", 1)]
+
+
+def _geom_indexes(s: Settings) -> dict[str, list[tuple[str, str]]]:
+    """Table -> its (access method, index name) on ``geom``, for ``pings`` and its days."""
+    with psycopg.connect(s.database_url) as conn:
+        rows = conn.execute(
+            "SELECT t.relname, am.amname, i.relname FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+            "JOIN pg_am am ON am.oid = i.relam "
+            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY (x.indkey) "
+            "WHERE a.attname = 'geom' AND t.relname LIKE 'pings%%' ORDER BY 1, 3"
+        ).fetchall()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for table, method, name in rows:
+        out.setdefault(table, []).append((method, name))
+    return out
+
+
+def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings) -> None:
+    """Existing days keep a spatial index through the upgrade (GiST for closed days,
+    SP-GiST for today, which still takes inserts) and the downgrade (the partitioned
+    SP-GiST again)."""
+    command.upgrade(_alembic(scratch), "0005")
+    with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+        conn.execute("SELECT heatreplay_ensure_day_partition('2026-11-20')")
+        conn.execute("SELECT heatreplay_ensure_day_partition(current_date + 1)")
+        tomorrow = conn.execute("SELECT to_char(current_date + 1, 'YYYYMMDD')").fetchone()
+    assert tomorrow
+    ahead = f"pings_{tomorrow[0]}"
+    before = _geom_indexes(scratch)
+    assert [m for m, _ in before["pings"]] == ["spgist"]
+    assert [m for m, _ in before["pings_20261120"]] == ["spgist"]
+
+    command.upgrade(_alembic(scratch), "0006")
+    assert _geom_indexes(scratch) == {
+        "pings_20261120": [("gist", "pings_20261120_geom_gist")],
+        ahead: [("spgist", f"{ahead}_geom_spgist")],
+    }
+    with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+        conn.execute("SELECT heatreplay_ensure_day_partition('2026-11-18', false)")
+        conn.execute("SELECT heatreplay_ensure_day_partition('2026-11-19')")
+    after = _geom_indexes(scratch)
+    assert "pings_20261118" not in after
+    assert after["pings_20261119"] == [("spgist", "pings_20261119_geom_spgist")]
+
+    command.downgrade(_alembic(scratch), "0005")
+    restored = _geom_indexes(scratch)
+    assert [m for m, _ in restored["pings"]] == ["spgist"]
+    for day in ("pings_20261118", "pings_20261119", "pings_20261120", ahead):
+        assert [m for m, _ in restored[day]] == ["spgist"], day  # one each, attached
