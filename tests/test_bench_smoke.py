@@ -159,3 +159,23 @@ def test_the_sink_drain_bench_writes_the_whole_backlog_and_reports_its_rate() ->
     assert f["rows_written"] == 3_000
     assert f["rows_per_s"] > 0
     assert f["sink_us_per_row"] >= 0 and f["postgres_us_per_row"] >= 0
+
+
+def test_the_index_growth_bench_reports_each_mode_and_the_same_answers() -> None:
+    """`python -m bench.index_growth` at a tiny size: a window per 10,000 rows, the
+    deferred build timed, and the analyst's box query counting the same pings with the
+    index and without it."""
+    from bench import index_growth
+
+    immediate = index_growth.run("immediate", rows=20_000, every=10_000, progress=False)
+    deferred = index_growth.run("deferred", rows=20_000, every=10_000, progress=False)
+    for f in (immediate, deferred):
+        assert [w["rows_in_partition"] for w in f["windows"]] == [10_000, 20_000]
+        for w in f["windows"]:
+            _positive(w, "backend_us_per_row")
+    _positive(deferred, "build_s")
+    assert "build_s" not in immediate
+    day = deferred["indexed_box_day_pings"]
+    assert day > 0 and day == deferred["unindexed_box_day_pings"]
+    assert day == immediate["indexed_box_day_pings"]  # the same pings, whichever index
+    assert deferred["indexed_box_minute_pings"] == deferred["unindexed_box_minute_pings"]
