@@ -3,7 +3,8 @@
 The only composed pieces are constant fragments chosen by the code (with or without an
 area filter); no text from a request ever becomes SQL. Statements run with
 ``prepare=False`` so each gets a custom plan: the time bounds prune day partitions and
-the area is folded to a constant the SP-GiST index can use.
+the area is folded to a constant the day partitions' spatial indexes can use (today's
+has none under GEOM_INDEX=deferred: there the time bound does the work).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -58,35 +58,55 @@ def indexed_partitions(conn: psycopg.Connection) -> set[str]:
     return {name for (name,) in rows}
 
 
+def _day_end(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
 def due_partitions(
     conn: psycopg.Connection, settings: Settings, now: datetime | None = None
-) -> list[str]:
-    """Partitions lacking a valid spatial index that should have one now, newest day
-    first (the days analysts look at soonest): every such partition when immediate;
-    when deferred, those whose day ended at least ``geom_index_after_s`` ago."""
+) -> list[tuple[str, date]]:
+    """Partitions (name, day) lacking a valid spatial index that should have one now,
+    newest day first (the days analysts look at soonest): every such partition when
+    immediate; when deferred, those whose day ended at least ``geom_index_after_s`` ago.
+    Days that retention (``RETENTION_DAYS``) is about to drop are left alone."""
     now = now or datetime.now(UTC)
     indexed = indexed_partitions(conn)
+    keep_from = (
+        now.date() - timedelta(days=settings.retention_days) if settings.retention_days else None
+    )
     due = []
     for name, day in day_partitions(conn).items():
-        if name in indexed:
+        if name in indexed or (keep_from is not None and day < keep_from):
             continue
-        ends = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
         if settings.geom_index == "immediate" or (
-            ends + timedelta(seconds=settings.geom_index_after_s) <= now
+            _day_end(day) + timedelta(seconds=settings.geom_index_after_s) <= now
         ):
             due.append((day, name))
-    return [name for _, name in sorted(due, reverse=True)]
+    return [(name, day) for day, name in sorted(due, reverse=True)]
 
 
-def build(conn: psycopg.Connection, partition: str) -> float:
-    """GiST over ``partition``'s ``geom``, built concurrently (autocommit connection);
-    an invalid index of that name, left by a build cut off, is dropped first. Seconds."""
-    index = sql.Identifier(f"{partition}_geom_gist")
+def build(conn: psycopg.Connection, partition: str, method: str = "gist") -> float:
+    """An index on ``partition``'s ``geom`` (``gist``: one sorted pass, for a closed day;
+    ``spgist``: cheaper to keep up row by row, for a day still taking inserts), built
+    concurrently on an autocommit connection. Any invalid index on ``geom`` there, left
+    by a build cut off, is dropped first. The caller holds ``LOCK_KEY`` (``index_due``)
+    or knows no other builder runs. Seconds taken."""
+    if method not in ("gist", "spgist"):
+        raise ValueError(f"no such index method here: {method}")
     started = time.perf_counter()
-    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index))
+    invalid = conn.execute(
+        "SELECT x.indexrelid::regclass::text FROM pg_index x "
+        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) "
+        "WHERE x.indrelid = %s::regclass AND a.attname = 'geom' AND NOT x.indisvalid",
+        (partition,),
+    ).fetchall()
+    for (index,) in invalid:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(index)))
     conn.execute(
-        sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING gist (geom)").format(
-            index, sql.Identifier(partition)
+        sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING {} (geom)").format(
+            sql.Identifier(f"{partition}_geom_{method}"),
+            sql.Identifier(partition),
+            sql.SQL(method),
         )
     )
     return time.perf_counter() - started
@@ -97,25 +117,29 @@ def index_due(
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Built]:
-    """One pass: build every due partition's index. Returns what was built; nothing if
-    another builder holds the lock. A partition that fails (dropped by retention
-    meanwhile, say) is logged and left for the next pass."""
+    """One pass: build every due partition's index (GiST for a day that has ended,
+    SP-GiST for one still taking inserts). Returns what was built; nothing if another
+    builder holds the lock. A partition that fails (dropped by retention meanwhile, say)
+    is logged and left for the next pass."""
+    say = progress or (lambda line: log.info(line))
     built: list[Built] = []
     with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
         if not (got and got[0]):
-            log.info("geom index: another builder is at work")
+            say("geom index: another builder is at work; nothing built")
             return built
         try:
             conn.execute(
                 sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM))
             )
-            due = due_partitions(conn, settings, now)
-            for n, partition in enumerate(due, 1):
+            at = now or datetime.now(UTC)
+            due = due_partitions(conn, settings, at)
+            for n, (partition, day) in enumerate(due, 1):
+                method = "gist" if _day_end(day) <= at else "spgist"
                 if progress:
-                    progress(f"geom index: building {partition} ({n}/{len(due)})")
+                    progress(f"geom index: building {partition} ({n}/{len(due)}, {method})")
                 try:
-                    seconds = build(conn, partition)
+                    seconds = build(conn, partition, method)
                 except psycopg.Error as exc:
                     log.warning(
                         "geom index: %s not built: %s", partition, exc,
@@ -128,7 +152,8 @@ def index_due(
                     extra={"partition_table": partition},
                 )  # fmt: skip
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            if not conn.closed:  # a lost connection released the lock with it
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return built
 
 

@@ -440,5 +440,10 @@ def run_sink(settings: Settings, stop: threading.Event | None = None) -> SinkSta
     """Entry point for `heatreplay sink` and tests: the sink, and beside it the builder
     of day partitions' spatial indexes (app/geom_index.py)."""
     stop = stop or threading.Event()
-    GeomIndexer(settings, stop).start()
-    return PostgisSink(settings, stop=stop).run()
+    indexer = GeomIndexer(settings, stop)
+    indexer.start()
+    try:
+        return PostgisSink(settings, stop=stop).run()
+    finally:
+        stop.set()  # the sink is done, so is its builder (a build under way is cut off
+        indexer.join(timeout=1.0)  # with the process and redone by the next pass)

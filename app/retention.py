@@ -73,7 +73,13 @@ def apply_retention(
             if dry_run:
                 dropped.append(name)
                 continue
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            try:
+                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            except psycopg.errors.LockNotAvailable:
+                # busy (an index build, a long query): kept for the next run, and the
+                # other days are still dropped
+                log.warning("retention: %s busy, kept for now", name)
+                continue
             dropped.append(name)
             log.info("retention: dropped partition", extra={"partition_table": name})
         kept = sorted(set(parts) - set(dropped))

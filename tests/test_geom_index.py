@@ -39,7 +39,7 @@ def midnight_after(day: date) -> datetime:
 @pytest.fixture
 def history(scratch: Settings) -> Settings:
     """Three unindexed days (as GEOM_INDEX=deferred creates them), five pings each."""
-    migrate(scratch)
+    migrate(scratch.with_(geom_index="immediate"))  # whatever the environment says
     with psycopg.connect(scratch.database_url, autocommit=True) as conn:
         for day in DAYS:
             conn.execute("SELECT heatreplay_ensure_day_partition(%s, false)", (day,))
@@ -75,7 +75,7 @@ def spatial_plan(conn: psycopg.Connection, day: date) -> tuple[int, str]:
 
 
 def test_the_partition_function_creates_a_day_with_or_without_its_index(scratch):
-    migrate(scratch)
+    migrate(scratch.with_(geom_index="immediate"))
     with psycopg.connect(scratch.database_url, autocommit=True) as conn:
         conn.execute("SELECT heatreplay_ensure_day_partition('2001-01-01')")
         conn.execute("SELECT heatreplay_ensure_day_partition('2001-01-02', true)")
@@ -89,13 +89,10 @@ def test_deferred_builds_a_day_only_once_it_has_been_closed_long_enough(history)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         # 10 minutes after the last day ended: the day before it is past the 15 minutes
         soon = midnight_after(last) + timedelta(minutes=10)
-        assert due_partitions(conn, settings, soon) == [name(DAYS[1]), name(DAYS[0])]
-        assert due_partitions(conn, settings, midnight_after(last) - timedelta(seconds=1)) == [
-            name(DAYS[1]),
-            name(DAYS[0]),
-        ]
-        count, plan = spatial_plan(conn, DAYS[0])
-        assert count == len(INSIDE) and "geom_gist" not in plan
+        older = [(name(DAYS[1]), DAYS[1]), (name(DAYS[0]), DAYS[0])]
+        assert due_partitions(conn, settings, soon) == older
+        assert due_partitions(conn, settings, midnight_after(last) - timedelta(seconds=1)) == older
+        assert spatial_plan(conn, DAYS[0])[0] == len(INSIDE)  # answered without an index
 
     built = index_due(settings, now=soon)
     assert [b.partition for b in built] == [name(DAYS[1]), name(DAYS[0])]
@@ -105,38 +102,55 @@ def test_deferred_builds_a_day_only_once_it_has_been_closed_long_enough(history)
         assert count == len(INSIDE) and f"{name(DAYS[0])}_geom_gist" in plan
         assert due_partitions(conn, settings, soon) == []
         late = midnight_after(last) + timedelta(minutes=15)
-        assert due_partitions(conn, settings, late) == [name(last)]
+        assert due_partitions(conn, settings, late) == [(name(last), last)]
 
     assert [b.partition for b in index_due(settings, now=late)] == [name(last)]
     assert index_due(settings, now=late) == []  # nothing left, nothing rebuilt
 
 
+def methods(conn: psycopg.Connection, partition: str) -> list[tuple[str, str, bool]]:
+    """Every index of ``partition``: (access method, name, valid)."""
+    rows = conn.execute(
+        "SELECT am.amname, i.relname, x.indisvalid FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam "
+        "WHERE x.indrelid = %s::regclass ORDER BY 1",
+        (partition,),
+    ).fetchall()
+    return [(m, n.removeprefix(partition), v) for m, n, v in rows]
+
+
 def test_immediate_builds_every_day_without_one_and_replaces_an_invalid_index(history):
+    """GiST for a day that has ended, SP-GiST (cheaper row by row) for one still taking
+    inserts; an index left INVALID by a build cut off is dropped, not left beside."""
     settings = history.with_(geom_index="immediate")
+    first = name(DAYS[0])
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        # a build cut off leaves its index INVALID: not used, and in the builder's way
-        conn.execute(f"CREATE INDEX {name(DAYS[0])}_geom_gist ON {name(DAYS[0])} USING gist (geom)")
+        conn.execute(f"CREATE INDEX {first}_geom_spgist ON {first} USING spgist (geom)")
         conn.execute(
             "UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass",
-            (f"{name(DAYS[0])}_geom_gist",),
+            (f"{first}_geom_spgist",),
         )
         assert ours(conn) == set()
-        # immediate: today's days are due at once, whatever the clock says
         assert len(due_partitions(conn, settings, datetime(2000, 1, 1, tzinfo=UTC))) == 3
 
-    assert sorted(b.partition for b in index_due(settings)) == [name(d) for d in DAYS]
+    during_day_2 = midnight_after(DAYS[1]) - timedelta(hours=1)
+    assert sorted(b.partition for b in index_due(settings, now=during_day_2)) == [
+        name(d) for d in DAYS
+    ]
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         assert ours(conn) == {name(d) for d in DAYS}
-        indexes = conn.execute(
-            "SELECT am.amname, x.indisvalid FROM pg_index x "
-            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam "
-            "WHERE x.indrelid = %s::regclass ORDER BY 1",
-            (name(DAYS[0]),),
-        ).fetchall()
-        # the invalid one was dropped, not left beside the new one
-        assert indexes == [("brin", True), ("gist", True)]
+        assert methods(conn, first) == [("brin", "_ts_idx", True), ("gist", "_geom_gist", True)]
+        for day in DAYS[1:]:
+            assert methods(conn, name(day))[1] == ("spgist", "_geom_spgist", True)
         for day in DAYS:
             assert spatial_plan(conn, day)[0] == len(INSIDE)
+
+
+def test_days_retention_is_about_to_drop_are_left_alone(history):
+    settings = history.with_(retention_days=1)
+    an_hour_into_day_4 = midnight_after(DAYS[2]) + timedelta(hours=1)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        assert due_partitions(conn, settings, an_hour_into_day_4) == [(name(DAYS[2]), DAYS[2])]
 
 
 def test_one_builder_at_a_time(history):
@@ -155,7 +169,7 @@ def test_the_cli_runs_one_pass_with_progress(history, monkeypatch):
     result = CliRunner().invoke(main, ["geom-index"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == f"geom index: building {name(DAYS[2])} (1/3)"
+    assert lines[0] == f"geom index: building {name(DAYS[2])} (1/3, gist)"
     assert lines[-1] == "geom index: 3 partition(s) built (GEOM_INDEX=deferred)"
 
 
@@ -191,7 +205,7 @@ def test_a_deferred_sink_writes_days_unindexed_and_indexes_them_once_closed(
     deferred = settings.with_(
         database_url=scratch.database_url,
         geom_index="deferred",
-        geom_index_after_s=0.0,
+        geom_index_after_s=3600.0,  # today's day is not due even if midnight passes
         geom_index_check_s=0.2,
     )
     migrate(deferred)  # today and the days ahead: created without the index
@@ -210,7 +224,7 @@ def test_a_deferred_sink_writes_days_unindexed_and_indexes_them_once_closed(
         count, plan = spatial_plan(conn, date(2001, 3, 4))
         assert count == 3 and "pings_20010304_geom_gist" in plan
         time.sleep(1.0)  # five more passes of the builder
-        today = f"pings_{datetime.now(UTC):%Y%m%d}"
+        today = f"pings_{datetime.fromtimestamp(now / 1000, UTC):%Y%m%d}"
         assert today not in indexed_partitions(conn)
         assert conn.execute(f"SELECT count(*) FROM {today}").fetchone() == (2,)
 

@@ -128,5 +128,18 @@ def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings) -> None:
     command.downgrade(_alembic(scratch), "0005")
     restored = _geom_indexes(scratch)
     assert [m for m, _ in restored["pings"]] == ["spgist"]
-    for day in ("pings_20261118", "pings_20261119", "pings_20261120", ahead):
-        assert [m for m, _ in restored[day]] == ["spgist"], day  # one each, attached
+    days = ("pings_20261118", "pings_20261119", "pings_20261120", ahead)
+    for day in days:
+        assert [m for m, _ in restored[day]] == ["spgist"], day
+    with psycopg.connect(scratch.database_url) as conn:
+        attached = conn.execute(
+            "SELECT i.inhrelid::regclass::text FROM pg_inherits i "
+            "WHERE i.inhparent = 'pings_geom_spgist'::regclass ORDER BY 1"
+        ).fetchall()
+        valid = conn.execute(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'pings_geom_spgist'::regclass"
+        ).fetchone()
+    assert attached == [(f"{day}_geom_spgist",) for day in sorted(days)]
+    assert valid == (True,)  # every partition's index attached: the parent's is whole
+    command.upgrade(_alembic(scratch), "0006")  # and up again, from the attached state
+    assert _geom_indexes(scratch)["pings_20261120"] == [("gist", "pings_20261120_geom_gist")]

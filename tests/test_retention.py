@@ -85,6 +85,21 @@ def test_drops_old_day_partitions_and_keeps_rollups(old_history, database_url):
     assert [n for n in again.dropped if n.startswith("pings_2001")] == []
 
 
+def test_a_busy_day_is_kept_for_next_time_and_the_others_dropped(old_history, database_url):
+    """A day held by something else (an index build, a long query) used to end the run
+    with its lock timeout, so the days after it were not dropped either."""
+    busy = names(DAYS)[1]
+    with psycopg.connect(database_url) as holder:
+        holder.execute(f"LOCK TABLE {busy} IN SHARE MODE")  # held until the block ends
+        done = apply_retention(old_history, days=3, today=date(2001, 1, 8), lock_timeout_s=0.2)
+        assert [n for n in done.dropped if n.startswith("pings_2001")] == [
+            n for n in names(DAYS[:4]) if n != busy
+        ]
+        assert busy in done.kept
+    again = apply_retention(old_history, days=3, today=date(2001, 1, 8))
+    assert [n for n in again.dropped if n.startswith("pings_2001")] == [busy]
+
+
 def test_cli_dry_run_lists_what_it_would_drop(old_history, database_url):
     result = CliRunner().invoke(
         main,

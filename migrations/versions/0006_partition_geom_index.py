@@ -15,7 +15,11 @@ twelfth round). A partitioned index cannot leave out some partitions, so:
   with its SP-GiST index (``GEOM_INDEX=immediate``, SPEC's contract) or without one
   (``deferred``: the sink builds a GiST index once the day has closed, app/geom_index.py).
 
-Downgrade drops the partitions' geometry indexes and restores the partitioned one.
+The partitions' indexes are built ``CONCURRENTLY`` before the parent's goes, so ingest
+and queries go on during the upgrade on a long history; dropping the parent's then takes
+its lock only for a moment. Downgrade restores the partitioned index the same way: the
+parent's is created ``ON ONLY pings``, each day's SP-GiST index (built concurrently where
+missing) is attached to it, and the GiST ones are dropped.
 
 Revision ID: 0006
 Revises: 0005
@@ -23,66 +27,65 @@ Create Date: 2026-11-22
 """
 
 from alembic import op
+from sqlalchemy import text
 
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+# partitions of pings, and whether each one's day has ended (UTC); a partition named
+# otherwise than pings_YYYYMMDD counts as open
+_PARTITIONS = text(
+    """
+    SELECT c.relname,
+           c.relname ~ '^pings_[0-9]{8}$'
+           AND to_date(right(c.relname, 8), 'YYYYMMDD') + 1 <= (now() AT TIME ZONE 'UTC')::date
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'pings'::regclass
+    ORDER BY 1
+    """
+)
+
+FUNCTION = """
+    CREATE FUNCTION heatreplay_ensure_day_partition(day date{param}) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        name text := format('pings_%s', to_char(day, 'YYYYMMDD'));
+    BEGIN
+        IF to_regclass(name) IS NOT NULL THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_advisory_xact_lock(hashtext(name));
+        IF to_regclass(name) IS NOT NULL THEN
+            RETURN false;
+        END IF;
+        EXECUTE format(
+            'CREATE TABLE %I PARTITION OF pings FOR VALUES FROM (%L) TO (%L)',
+            name, (day::timestamp AT TIME ZONE 'UTC'),
+            ((day + 1)::timestamp AT TIME ZONE 'UTC'));{index}
+        RETURN true;
+    END $$
+"""
+WITH_INDEX = """
+        IF geom_index THEN
+            EXECUTE format('CREATE INDEX %I ON %I USING spgist (geom)',
+                           name || '_geom_spgist', name);
+        END IF;"""
+
+
 def upgrade() -> None:
+    partitions = op.get_bind().execute(_PARTITIONS).fetchall()
+    with op.get_context().autocommit_block():
+        for name, closed in partitions:
+            method = "gist" if closed else "spgist"
+            op.execute(
+                f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}_geom_{method}" '
+                f'ON "{name}" USING {method} (geom)'
+            )
     op.execute("DROP INDEX pings_geom_spgist")
-    op.execute(
-        """
-        DO $$
-        DECLARE
-            part record;
-        BEGIN
-            FOR part IN
-                SELECT c.relname AS name,
-                       to_date(right(c.relname, 8), 'YYYYMMDD') + 1
-                           <= (now() AT TIME ZONE 'UTC')::date AS closed
-                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                WHERE i.inhparent = 'pings'::regclass
-            LOOP
-                IF part.closed THEN
-                    EXECUTE format('CREATE INDEX %I ON %I USING gist (geom)',
-                                   part.name || '_geom_gist', part.name);
-                ELSE
-                    EXECUTE format('CREATE INDEX %I ON %I USING spgist (geom)',
-                                   part.name || '_geom_spgist', part.name);
-                END IF;
-            END LOOP;
-        END $$
-        """
-    )
     op.execute("DROP FUNCTION heatreplay_ensure_day_partition(date)")
-    op.execute(
-        """
-        CREATE FUNCTION heatreplay_ensure_day_partition(day date, geom_index boolean DEFAULT true)
-        RETURNS boolean
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            name text := format('pings_%s', to_char(day, 'YYYYMMDD'));
-        BEGIN
-            IF to_regclass(name) IS NOT NULL THEN
-                RETURN false;
-            END IF;
-            PERFORM pg_advisory_xact_lock(hashtext(name));
-            IF to_regclass(name) IS NOT NULL THEN
-                RETURN false;
-            END IF;
-            EXECUTE format(
-                'CREATE TABLE %I PARTITION OF pings FOR VALUES FROM (%L) TO (%L)',
-                name, (day::timestamp AT TIME ZONE 'UTC'),
-                ((day + 1)::timestamp AT TIME ZONE 'UTC'));
-            IF geom_index THEN
-                EXECUTE format('CREATE INDEX %I ON %I USING spgist (geom)',
-                               name || '_geom_spgist', name);
-            END IF;
-            RETURN true;
-        END $$
-        """
-    )
+    op.execute(FUNCTION.format(param=", geom_index boolean DEFAULT true", index=WITH_INDEX))
     op.execute(
         "COMMENT ON TABLE pings IS 'Every accepted GPS ping, exactly once; partitioned by UTC "
         "day (pings_YYYYMMDD). geohash is precision 8 of (lat, lon). Each day partition has "
@@ -92,48 +95,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(
-        """
-        DO $$
-        DECLARE
-            idx record;
-        BEGIN
-            FOR idx IN
-                SELECT x.indexrelid::regclass::text AS name
-                FROM pg_index x
-                JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
-                JOIN pg_inherits i ON i.inhrelid = x.indrelid
-                WHERE a.attname = 'geom' AND i.inhparent = 'pings'::regclass
-            LOOP
-                EXECUTE format('DROP INDEX %s', idx.name);
-            END LOOP;
-        END $$
-        """
-    )
-    op.execute("CREATE INDEX pings_geom_spgist ON pings USING spgist (geom)")
+    bind = op.get_bind()
+    partitions = [name for name, _ in bind.execute(_PARTITIONS).fetchall()]
+    op.execute("CREATE INDEX pings_geom_spgist ON ONLY pings USING spgist (geom)")
+    with op.get_context().autocommit_block():
+        for name in partitions:
+            op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}_geom_gist"')
+            op.execute(
+                f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}_geom_spgist" '
+                f'ON "{name}" USING spgist (geom)'
+            )
+    for name in partitions:
+        op.execute(f'ALTER INDEX pings_geom_spgist ATTACH PARTITION "{name}_geom_spgist"')
     op.execute("DROP FUNCTION heatreplay_ensure_day_partition(date, boolean)")
-    op.execute(
-        """
-        CREATE FUNCTION heatreplay_ensure_day_partition(day date) RETURNS boolean
-        LANGUAGE plpgsql AS $$
-        DECLARE
-            name text := format('pings_%s', to_char(day, 'YYYYMMDD'));
-        BEGIN
-            IF to_regclass(name) IS NOT NULL THEN
-                RETURN false;
-            END IF;
-            PERFORM pg_advisory_xact_lock(hashtext(name));
-            IF to_regclass(name) IS NOT NULL THEN
-                RETURN false;
-            END IF;
-            EXECUTE format(
-                'CREATE TABLE %I PARTITION OF pings FOR VALUES FROM (%L) TO (%L)',
-                name, (day::timestamp AT TIME ZONE 'UTC'),
-                ((day + 1)::timestamp AT TIME ZONE 'UTC'));
-            RETURN true;
-        END $$
-        """
-    )
+    op.execute(FUNCTION.format(param="", index=""))
     op.execute(
         "COMMENT ON TABLE pings IS 'Every accepted GPS ping, exactly once; partitioned by UTC "
         "day (pings_YYYYMMDD). geohash is precision 8 of (lat, lon).'"
