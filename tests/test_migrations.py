@@ -98,7 +98,7 @@ def _geom_indexes(s: Settings) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings) -> None:
+def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings, capsys) -> None:
     """Existing days keep a spatial index through the upgrade (GiST for closed days,
     SP-GiST for today, which still takes inserts) and the downgrade (the partitioned
     SP-GiST again)."""
@@ -113,7 +113,12 @@ def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings) -> None:
     assert [m for m, _ in before["pings"]] == ["spgist"]
     assert [m for m, _ in before["pings_20261120"]] == ["spgist"]
 
+    capsys.readouterr()
     command.upgrade(_alembic(scratch), "0006")
+    assert capsys.readouterr().err.splitlines() == [  # progress, one line per day
+        "0006: gist index on pings_20261120 (1/2)",
+        f"0006: spgist index on {ahead} (2/2)",
+    ]
     assert _geom_indexes(scratch) == {
         "pings_20261120": [("gist", "pings_20261120_geom_gist")],
         ahead: [("spgist", f"{ahead}_geom_spgist")],

@@ -26,6 +26,8 @@ Revises: 0005
 Create Date: 2026-11-22
 """
 
+import sys
+
 from alembic import op
 from sqlalchemy import text
 
@@ -77,8 +79,10 @@ WITH_INDEX = """
 def upgrade() -> None:
     partitions = op.get_bind().execute(_PARTITIONS).fetchall()
     with op.get_context().autocommit_block():
-        for name, closed in partitions:
+        for n, (name, closed) in enumerate(partitions, 1):
             method = "gist" if closed else "spgist"
+            # progress: on a long history each day's build takes a while
+            print(f"0006: {method} index on {name} ({n}/{len(partitions)})", file=sys.stderr)
             op.execute(
                 f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}_geom_{method}" '
                 f'ON "{name}" USING {method} (geom)'
