@@ -36,13 +36,16 @@ def _env(settings: Settings, **overrides: str) -> dict[str, str]:
     return env
 
 
+DRIVERS = 200
+
+
 def test_up_serves_health_and_live_frames_then_stops_on_ctrl_c(settings, tmp_path):
     env = _env(settings)
     base = f"http://127.0.0.1:{env['WEB_PORT']}"
     # 200 drivers: ~7 % of the fleet is online at night in Lagos (~23:00-05:00 UTC), and
     # with 20 none or one was; the frame stayed empty and the test failed by the hour
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--drivers", "200"],
+        [sys.executable, "-m", "app.cli", "up", "--drivers", str(DRIVERS)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -71,7 +74,8 @@ def test_up_serves_health_and_live_frames_then_stops_on_ctrl_c(settings, tmp_pat
             interval=0.5,
         )
         assert frame["mode"] == "live" and frame["precision"] == 4
-        assert frame["total"] == sum(v for _, v in frame["cells"]) <= 20
+        # at most the whole fleet (how many are online depends on the hour in Lagos)
+        assert frame["total"] == sum(v for _, v in frame["cells"]) <= DRIVERS
         assert _get(base + "/api/live").status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
