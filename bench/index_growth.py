@@ -1,6 +1,7 @@
 """What the spatial index costs ingest as a day partition grows, and what deferring it costs.
 
-`python -m bench.index_growth [--rows 6000000] [--every 1000000] [--modes immediate,deferred]`
+`python -m bench.index_growth [--rows 6000000] [--every 1000000] [--modes immediate,deferred]
+[--arrival-order]`
 
 For each GEOM_INDEX mode, on a migrated scratch database: COPYs the sink's batches (5,000
 pings of 20,000 drivers moving along their own tracks with GPS noise, every ping at its
@@ -28,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from app.copy_rows import COPY_SQL, HEADER, TRAILER, rows_in_spatial_order
+from app.copy_rows import COPY_SQL, HEADER, TRAILER, encode_rows, rows_in_spatial_order
 from app.db import ensure_database, migrate
 from app.geom_index import MAINTENANCE_WORK_MEM, build
 from app.ping import Ping
@@ -46,8 +47,9 @@ QUERY = (
 )
 
 
-def batches(rows: int, seed: int = 7) -> Any:
-    """The sink's COPY streams: each driver pings every 5 s, one step along its track."""
+def batches(rows: int, seed: int = 7, spatial: bool = True) -> Any:
+    """The sink's COPY streams: each driver pings every 5 s, one step along its track;
+    each batch's rows in the sink's Z-order (``spatial``) or as they arrived."""
     rnd = random.Random(seed)
     tracks = _tracks(DRIVERS, LAGOS)
     start_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
@@ -61,7 +63,7 @@ def batches(rows: int, seed: int = 7) -> Any:
             lon = lon0 + dlon * step + (rnd.random() - 0.5) * NOISE_DEG
             ts = start_ms + r * 5_000 + n // 4
             pings.append(Ping(f"drv-{n:06d}", round(lat, 6), round(lon, 6), ts, 30.5, heading))
-        body = rows_in_spatial_order(pings)
+        body = rows_in_spatial_order(pings) if spatial else encode_rows(pings)
         assert body is not None
         yield len(pings), HEADER + body + TRAILER
 
@@ -82,17 +84,29 @@ def query_ms(conn: psycopg.Connection, lo: datetime, hi: datetime) -> tuple[floa
     return round(best * 1000, 1), count
 
 
+def pages_read(conn: psycopg.Connection, lo: datetime, hi: datetime) -> int:
+    """Buffers the query touches (shared hit + read): what it would read from disk with
+    nothing cached, the case of an analyst's months of history."""
+    plan = conn.execute(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERY, {"lo": lo, "hi": hi}
+    ).fetchone()
+    top = plan[0][0]["Plan"] if plan else {}
+    return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
+
+
 def queries(conn: psycopg.Connection, label: str) -> dict[str, Any]:
     day0 = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
     minute = (day0, day0 + timedelta(minutes=1))
     day_ms, day_n = query_ms(conn, day0, day0 + timedelta(days=1))
     min_ms, min_n = query_ms(conn, *minute)
+    day_pages = pages_read(conn, day0, day0 + timedelta(days=1))
     print(
-        f"  query, {label}: box over the day {day_ms} ms ({day_n} pings), "
-        f"over a minute {min_ms} ms ({min_n} pings)",
+        f"  query, {label}: box over the day {day_ms} ms ({day_n} pings, {day_pages:,} "
+        f"pages), over a minute {min_ms} ms ({min_n} pings)",
         flush=True,
     )
     return {
+        f"{label}_box_day_pages": day_pages,
         f"{label}_box_day_ms": day_ms,
         f"{label}_box_minute_ms": min_ms,
         f"{label}_box_day_pings": day_n,
@@ -100,13 +114,16 @@ def queries(conn: psycopg.Connection, label: str) -> dict[str, Any]:
     }
 
 
-def run(mode: str, rows: int, every: int, progress: bool = True) -> dict[str, Any]:
+def run(
+    mode: str, rows: int, every: int, progress: bool = True, spatial: bool = True
+) -> dict[str, Any]:
     base = load_settings()
     name = f"hr_idxgrowth_{uuid.uuid4().hex[:8]}"
     settings = base.with_(database_url=make_conninfo(base.database_url, dbname=name))
     ensure_database(settings)
     admin = make_conninfo(base.database_url, dbname="postgres")
-    out: dict[str, Any] = {"mode": mode, "rows": rows, "windows": []}
+    order = "z-order" if spatial else "arrival order"
+    out: dict[str, Any] = {"mode": mode, "order": order, "rows": rows, "windows": []}
     try:
         migrate(settings)
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -115,7 +132,7 @@ def run(mode: str, rows: int, every: int, progress: bool = True) -> dict[str, An
             )
             pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
             written, cpu0, wall0, done = 0, backend_cpu(pid), time.perf_counter(), 0
-            for n, stream in batches(rows):
+            for n, stream in batches(rows, spatial=spatial):
                 with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
                     copy.write(stream)
                 written += n
@@ -130,7 +147,7 @@ def run(mode: str, rows: int, every: int, progress: bool = True) -> dict[str, An
                     out["windows"].append(window)
                     if progress:
                         print(
-                            f"  {mode}, {window['rows_in_partition']:,} rows: backend "
+                            f"  {mode}, {order}, {window['rows_in_partition']:,} rows: backend "
                             f"{window['backend_us_per_row']} us/row, wall "
                             f"{window['wall_us_per_row']} us/row",
                             flush=True,
@@ -170,10 +187,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=6_000_000)
     parser.add_argument("--every", type=int, default=1_000_000, help="rows per printed window")
     parser.add_argument("--modes", default="immediate,deferred")
+    parser.add_argument(
+        "--arrival-order",
+        action="store_true",
+        help="COPY each batch's rows as they arrived, not in the sink's Z-order",
+    )
     args = parser.parse_args()
     print(describe(machine()))
     for mode in args.modes.split(","):
-        run(mode, args.rows, args.every)
+        run(mode, args.rows, args.every, spatial=not args.arrival_order)
 
 
 if __name__ == "__main__":

@@ -179,3 +179,6 @@ def test_the_index_growth_bench_reports_each_mode_and_the_same_answers() -> None
     assert day > 0 and day == deferred["unindexed_box_day_pings"]
     assert day == immediate["indexed_box_day_pings"]  # the same pings, whichever index
     assert deferred["indexed_box_minute_pings"] == deferred["unindexed_box_minute_pings"]
+    arrival = index_growth.run("deferred", 20_000, 20_000, progress=False, spatial=False)
+    assert (arrival["order"], deferred["order"]) == ("arrival order", "z-order")
+    assert arrival["indexed_box_day_pings"] == day  # the same rows, in another order
