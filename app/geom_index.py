@@ -88,12 +88,14 @@ def due_partitions(
 def build(conn: psycopg.Connection, partition: str, method: str = "gist") -> float:
     """An index on ``partition``'s ``geom`` (``gist``: one sorted pass, for a closed day;
     ``spgist``: cheaper to keep up row by row, for a day still taking inserts), built
-    concurrently on an autocommit connection. Any invalid index on ``geom`` there, left
+    concurrently on an autocommit connection with ``MAINTENANCE_WORK_MEM`` for its sort.
+    Any invalid index on ``geom`` there, left
     by a build cut off, is dropped first. The caller holds ``LOCK_KEY`` (``index_due``)
     or knows no other builder runs. Seconds taken."""
     if method not in ("gist", "spgist"):
         raise ValueError(f"no such index method here: {method}")
     started = time.perf_counter()
+    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
     invalid = conn.execute(
         "SELECT x.indexrelid::regclass::text FROM pg_index x "
         "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) "
@@ -129,9 +131,6 @@ def index_due(
             say("geom index: another builder is at work; nothing built")
             return built
         try:
-            conn.execute(
-                sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM))
-            )
             at = now or datetime.now(UTC)
             due = due_partitions(conn, settings, at)
             for n, (partition, day) in enumerate(due, 1):

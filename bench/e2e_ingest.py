@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.copy_rows import COPY_SQL, encode_copy
-from app.geom_index import MAINTENANCE_WORK_MEM, build, indexed_partitions
+from app.geom_index import build, indexed_partitions
 from app.ping import Ping
 from app.retention import day_partitions
 from app.settings import GEOM_INDEX_MODES
@@ -88,7 +88,6 @@ def deferred_index_build(stack: Stack) -> dict[str, Any]:
     rows = 0
     elapsed = 0.0
     with stack.connect() as conn:
-        conn.execute(f"SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
         for partition in sorted(set(day_partitions(conn)) - indexed_partitions(conn)):
             count = conn.execute(f"SELECT count(*) FROM {partition}").fetchone()
             if count and count[0]:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,15 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 import requests  # noqa: E402
-from psycopg import sql  # noqa: E402
-from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from app.auth import mint_token  # noqa: E402
 from app.copy_rows import COPY_SQL, encode_copy  # noqa: E402
-from app.db import migrate  # noqa: E402
 from app.ping import Ping  # noqa: E402
 from app.settings import load_settings  # noqa: E402
-from bench.stack import free_port, rss_kib  # noqa: E402
+from bench.stack import free_port, rss_kib, scratch_database  # noqa: E402
 
 T0 = 1_795_132_800_000  # 2026-11-20T00:00:00Z
 STEP_MS = 50  # one ping every 50 ms: 1M pings span ~13.9 h of one day
@@ -134,65 +130,55 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     base = load_settings({"HEATREPLAY_ENV": "test", **os.environ}, dotenv=None)
-    name = f"hr_bench_export_{uuid.uuid4().hex[:8]}"
-    admin = make_conninfo(base.database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(base.database_url, dbname=name)
-    server = None
-    try:
-        settings = base.with_(database_url=url, export_max_rows=args.rows)
-        migrate(settings)
-        started = time.perf_counter()
-        load(url, args.rows)
-        print(f"machine: {machine(url)}")
-        print(f"loaded {args.rows} pings in {time.perf_counter() - started:.1f} s")
-        port = free_port()
-        env = {
-            **os.environ,
-            "HEATREPLAY_ENV": "test",
-            "DATABASE_URL": url,
-            "EXPORT_MAX_ROWS": str(args.rows),
-            "HEATREPLAY_SECRET": settings.secret,
-        }
-        server = subprocess.Popen(
-            [*GUNICORN, "-b", f"127.0.0.1:{port}", "app.wsgi:app"],
-            cwd=ROOT,
-            env=env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-            except requests.RequestException:
-                break  # up, but slow to report on the other services
-        worker = children(server.pid)[0]
-        token = mint_token(settings, "viewer")
-        export(port, token, "csv", 1000, worker)  # warm: imports, pool, first plans
-        print(f"worker RSS after warm-up: {rss_kib(worker) / 1024:.1f} MiB")
-        print(
-            f"{'format':8} {'rows':>9} {'MiB out':>8} {'s':>6} {'rows/s':>9} {'peak RSS MiB':>13}"
-        )
-        sizes = sorted({min(args.rows, n) for n in (10_000, 100_000, args.rows)})
-        for fmt in ("csv", "geojson"):
-            for rows in sizes:
-                lines, size, elapsed, peak = export(port, token, fmt, rows, worker)
-                print(
-                    f"{fmt:8} {rows:>9} {size / 2**20:>8.1f} {elapsed:>6.2f} "
-                    f"{rows / elapsed:>9.0f} {peak / 1024:>13.1f}"
-                )
-                assert lines >= rows, (fmt, rows, lines)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(10)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    with scratch_database(base.with_(export_max_rows=args.rows), "hr_bench_export") as settings:
+        url = settings.database_url
+        server = None
+        try:
+            started = time.perf_counter()
+            load(url, args.rows)
+            print(f"machine: {machine(url)}")
+            print(f"loaded {args.rows} pings in {time.perf_counter() - started:.1f} s")
+            port = free_port()
+            env = {
+                **os.environ,
+                "HEATREPLAY_ENV": "test",
+                "DATABASE_URL": url,
+                "EXPORT_MAX_ROWS": str(args.rows),
+                "HEATREPLAY_SECRET": settings.secret,
+            }
+            server = subprocess.Popen(
+                [*GUNICORN, "-b", f"127.0.0.1:{port}", "app.wsgi:app"],
+                cwd=ROOT,
+                env=env,
             )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.2)
+                except requests.RequestException:
+                    break  # up, but slow to report on the other services
+            worker = children(server.pid)[0]
+            token = mint_token(settings, "viewer")
+            export(port, token, "csv", 1000, worker)  # warm: imports, pool, first plans
+            print(f"worker RSS after warm-up: {rss_kib(worker) / 1024:.1f} MiB")
+            header = f"{'format':8} {'rows':>9} {'MiB out':>8} {'s':>6} {'rows/s':>9}"
+            print(f"{header} {'peak RSS MiB':>13}")
+            sizes = sorted({min(args.rows, n) for n in (10_000, 100_000, args.rows)})
+            for fmt in ("csv", "geojson"):
+                for rows in sizes:
+                    lines, size, elapsed, peak = export(port, token, fmt, rows, worker)
+                    print(
+                        f"{fmt:8} {rows:>9} {size / 2**20:>8.1f} {elapsed:>6.2f} "
+                        f"{rows / elapsed:>9.0f} {peak / 1024:>13.1f}"
+                    )
+                    assert lines >= rows, (fmt, rows, lines)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(10)
 
 
 if __name__ == "__main__":

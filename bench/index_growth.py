@@ -18,24 +18,20 @@ PostgreSQL alone, no Kafka, no sink process: this isolates index upkeep from the
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from app.copy_rows import COPY_SQL, HEADER, TRAILER, encode_rows, rows_in_spatial_order
-from app.db import ensure_database, migrate
-from app.geom_index import MAINTENANCE_WORK_MEM, build
+from app.geom_index import build
 from app.ping import Ping
 from app.settings import load_settings
 from bench.load import LAGOS, NOISE_DEG, STEPS, _tracks
 from bench.machine import describe, machine
+from bench.stack import cpu_seconds, scratch_database
 
 DRIVERS = 20_000
 BATCH = 5_000
@@ -68,12 +64,6 @@ def batches(rows: int, seed: int = 7, spatial: bool = True) -> Any:
         yield len(pings), HEADER + body + TRAILER
 
 
-def backend_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def query_ms(conn: psycopg.Connection, lo: datetime, hi: datetime) -> tuple[float, int]:
     best, count = float("inf"), 0
     for _ in range(3):
@@ -94,17 +84,18 @@ def pages_read(conn: psycopg.Connection, lo: datetime, hi: datetime) -> int:
     return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
 
 
-def queries(conn: psycopg.Connection, label: str) -> dict[str, Any]:
+def queries(conn: psycopg.Connection, label: str, progress: bool = True) -> dict[str, Any]:
     day0 = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
     minute = (day0, day0 + timedelta(minutes=1))
     day_ms, day_n = query_ms(conn, day0, day0 + timedelta(days=1))
     min_ms, min_n = query_ms(conn, *minute)
     day_pages = pages_read(conn, day0, day0 + timedelta(days=1))
-    print(
-        f"  query, {label}: box over the day {day_ms} ms ({day_n} pings, {day_pages:,} "
-        f"pages), over a minute {min_ms} ms ({min_n} pings)",
-        flush=True,
-    )
+    if progress:
+        print(
+            f"  query, {label}: box over the day {day_ms} ms ({day_n} pings, {day_pages:,} "
+            f"pages), over a minute {min_ms} ms ({min_n} pings)",
+            flush=True,
+        )
     return {
         f"{label}_box_day_pages": day_pages,
         f"{label}_box_day_ms": day_ms,
@@ -117,68 +108,53 @@ def queries(conn: psycopg.Connection, label: str) -> dict[str, Any]:
 def run(
     mode: str, rows: int, every: int, progress: bool = True, spatial: bool = True
 ) -> dict[str, Any]:
-    base = load_settings()
-    name = f"hr_idxgrowth_{uuid.uuid4().hex[:8]}"
-    settings = base.with_(database_url=make_conninfo(base.database_url, dbname=name))
-    ensure_database(settings)
-    admin = make_conninfo(base.database_url, dbname="postgres")
     order = "z-order" if spatial else "arrival order"
     out: dict[str, Any] = {"mode": mode, "order": order, "rows": rows, "windows": []}
-    try:
-        migrate(settings)
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute(
-                "SELECT heatreplay_ensure_day_partition(%s, %s)", (DAY, mode == "immediate")
-            )
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-            written, cpu0, wall0, done = 0, backend_cpu(pid), time.perf_counter(), 0
-            for n, stream in batches(rows, spatial=spatial):
-                with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-                    copy.write(stream)
-                written += n
-                done += n
-                if written >= every or done >= rows:
-                    cpu1, wall1 = backend_cpu(pid), time.perf_counter()
-                    window = {
-                        "rows_in_partition": done,
-                        "backend_us_per_row": round(1e6 * (cpu1 - cpu0) / written, 2),
-                        "wall_us_per_row": round(1e6 * (wall1 - wall0) / written, 2),
-                    }
-                    out["windows"].append(window)
-                    if progress:
-                        print(
-                            f"  {mode}, {order}, {window['rows_in_partition']:,} rows: backend "
-                            f"{window['backend_us_per_row']} us/row, wall "
-                            f"{window['wall_us_per_row']} us/row",
-                            flush=True,
-                        )
-                    written, cpu0, wall0 = 0, cpu1, wall1
-            conn.execute("ANALYZE pings")
-            if mode == "deferred":
-                out.update(queries(conn, "unindexed"))
-                conn.execute(
-                    sql.SQL("SET maintenance_work_mem = {}").format(
-                        sql.Literal(MAINTENANCE_WORK_MEM)
+    with (
+        scratch_database(load_settings(), "hr_idxgrowth") as settings,
+        psycopg.connect(settings.database_url, autocommit=True) as conn,
+    ):
+        conn.execute("SELECT heatreplay_ensure_day_partition(%s, %s)", (DAY, mode == "immediate"))
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        written, cpu0, wall0, done = 0, cpu_seconds(pid), time.perf_counter(), 0
+        for n, stream in batches(rows, spatial=spatial):
+            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                copy.write(stream)
+            written += n
+            done += n
+            if written >= every or done >= rows:
+                cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
+                window = {
+                    "rows_in_partition": done,
+                    "backend_us_per_row": round(1e6 * (cpu1 - cpu0) / written, 2),
+                    "wall_us_per_row": round(1e6 * (wall1 - wall0) / written, 2),
+                }
+                out["windows"].append(window)
+                if progress:
+                    print(
+                        f"  {mode}, {order}, {window['rows_in_partition']:,} rows: backend "
+                        f"{window['backend_us_per_row']} us/row, wall "
+                        f"{window['wall_us_per_row']} us/row",
+                        flush=True,
                     )
-                )
-                cpu0 = backend_cpu(pid)
-                seconds = build(conn, PARTITION)
-                out["build_s"] = round(seconds, 2)
-                out["build_backend_us_per_row"] = round(1e6 * (backend_cpu(pid) - cpu0) / rows, 2)
+                written, cpu0, wall0 = 0, cpu1, wall1
+        conn.execute("ANALYZE pings")
+        if mode == "deferred":
+            out.update(queries(conn, "unindexed", progress))
+            cpu0 = cpu_seconds(pid)
+            seconds = build(conn, PARTITION)
+            out["build_s"] = round(seconds, 2)
+            out["build_backend_us_per_row"] = round(1e6 * (cpu_seconds(pid) - cpu0) / rows, 2)
+            if progress:
                 print(
                     f"  deferred: GiST built over {rows:,} rows in {seconds:.1f} s "
                     f"({out['build_backend_us_per_row']} us of backend CPU per row)",
                     flush=True,
                 )
-                conn.execute("ANALYZE pings")
-            out.update(queries(conn, "indexed"))
-            size = conn.execute("SELECT pg_total_relation_size(%s)", (PARTITION,)).fetchone()
-            out["partition_mib"] = round(size[0] / 2**20) if size else None
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute("ANALYZE pings")
+        out.update(queries(conn, "indexed", progress))
+        size = conn.execute("SELECT pg_total_relation_size(%s)", (PARTITION,)).fetchone()
+        out["partition_mib"] = round(size[0] / 2**20) if size else None
     return out
 
 

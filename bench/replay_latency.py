@@ -29,8 +29,6 @@ from pathlib import Path
 
 import psycopg
 import websocket
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from werkzeug.serving import make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import create_app
 from app.auth import mint_token
 from app.copy_rows import COPY_SQL, encode_copy
-from app.db import migrate
 from app.settings import load_settings
 from app.simulate import Fleet, iter_backfill
 from bench.machine import machine
+from bench.stack import scratch_database
 from replay.heat import View, iso_ms, parse_bbox
 from replay.history import replay_frame
 from replay.peak_hours import peaks
@@ -99,19 +97,12 @@ def main() -> None:
     args = ap.parse_args()
     days = 7 if args.week else args.days
 
-    base = load_settings(dotenv=None)
-    name = f"hr_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_conninfo(base.database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(base.database_url, dbname=name)
-    settings = base.with_(
-        database_url=url,
+    base = load_settings(dotenv=None).with_(
         redis_prefix=f"bench{uuid.uuid4().hex[:6]}",
         ws_max_messages_per_s=10_000.0,  # seeks back to back: measure them, not the limit
     )
-    try:
-        migrate(settings, revision="head")
+    with scratch_database(base, "hr_bench", keep=args.keep) as settings:
+        url = settings.database_url
         with psycopg.connect(url) as conn:
             print(f"loading {days} day(s), {args.drivers} drivers ...", flush=True)
             rows, load_s = load(conn, args.drivers, days)
@@ -119,12 +110,6 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             measure(conn, settings, rows, load_s, days, args)
-    finally:
-        if not args.keep:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
 
 
 def measure(conn, settings, rows, load_s, days, args) -> None:  # type: ignore[no-untyped-def]

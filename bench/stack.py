@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,32 @@ def cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drop_database(settings: Settings) -> None:
+    """Drop ``settings``' database, sessions and all."""
+    name = conninfo_to_dict(settings.database_url)["dbname"]
+    admin = make_conninfo(settings.database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@contextlib.contextmanager
+def scratch_database(base: Settings, prefix: str, keep: bool = False) -> Iterator[Settings]:
+    """A database of its own, created and migrated to head (day partitions ahead, as
+    ``base.geom_index`` creates them), dropped afterwards unless ``keep``: ``base``
+    pointed at it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    settings = base.with_(database_url=make_conninfo(base.database_url, dbname=name))
+    ensure_database(settings)
+    try:
+        migrate(settings)
+        yield settings
+    finally:
+        if not keep:
+            drop_database(settings)
 
 
 def machine_busy_seconds() -> float:
@@ -227,12 +253,7 @@ class Stack:
                 self.redis.delete(*keys)
         self.redis.close()
         if self._db_created:
-            admin = make_conninfo(self.settings.database_url, dbname="postgres")
-            name = self.db_name
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            drop_database(self.settings)
             self._db_created = False
 
     # --- handles -----------------------------------------------------------------
