@@ -14,11 +14,14 @@ test: setup-test
 	cd web && npm test --silent
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-setup: $(STAMP) web-assets
+# system packages first: they include npm, which web-assets runs
+setup:
 	@bash scripts/setup_system.sh
+	@$(MAKE) --no-print-directory $(STAMP) web-assets
 
-setup-test: $(STAMP) web-assets
+setup-test:
 	@bash scripts/setup_system.sh --test
+	@$(MAKE) --no-print-directory $(STAMP) web-assets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
