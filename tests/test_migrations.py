@@ -148,3 +148,58 @@ def test_0006_moves_the_spatial_index_onto_each_day(scratch: Settings, capsys) -
     assert valid == (True,)  # every partition's index attached: the parent's is whole
     command.upgrade(_alembic(scratch), "0006")  # and up again, from the attached state
     assert _geom_indexes(scratch)["pings_20261120"] == [("gist", "pings_20261120_geom_gist")]
+
+
+def _views_in(s: Settings, zone: str) -> dict[str, list[tuple[str, int]]]:
+    """Each analysis view's (UTC bucket, pings) rows, read in a session at ``zone``."""
+    queries = {
+        "driver_tracks_hourly": "SELECT hour, pings FROM driver_tracks_hourly",
+        "cell_hour_rank": "SELECT hour, pings FROM cell_hour_rank",
+        "cell_minutes": "SELECT minute, pings FROM cell_minutes",
+    }
+    out = {}
+    with psycopg.connect(s.database_url) as conn:
+        conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+        for view, query in queries.items():
+            rows = conn.execute(
+                f"SELECT to_char(b AT TIME ZONE 'UTC', 'HH24:MI'), n FROM ({query}) v(b, n) "
+                "ORDER BY 1"
+            ).fetchall()
+            out[view] = [(str(b), int(n)) for b, n in rows]
+    return out
+
+
+def test_0007_views_bucket_by_utc_hour_in_any_session_time_zone(scratch: Settings) -> None:
+    migrate(scratch)
+    with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+        conn.execute("SELECT heatreplay_ensure_day_partition('2026-11-20')")
+        for at in ("12:10:00", "12:10:30", "12:40:00"):  # one UTC hour, one driver, one cell
+            conn.execute(
+                "INSERT INTO pings (ts, driver_id, geom, geohash) VALUES "
+                "(('2026-11-20 ' || %s)::timestamp AT TIME ZONE 'UTC', 'a', "
+                "ST_SetSRID(ST_MakePoint(3.3, 6.5), 4326), 's14')",
+                (at,),
+            )
+    utc = {
+        "driver_tracks_hourly": [("12:00", 3)],
+        "cell_hour_rank": [("12:00", 3)],
+        "cell_minutes": [("12:10", 2), ("12:40", 1)],
+    }
+    for zone in ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns"):
+        assert _views_in(scratch, zone) == utc, zone
+    # 0003's views truncated in the session's zone: at +05:30 the hour split at 12:30 UTC
+    command.downgrade(_alembic(scratch), "0006")
+    assert _views_in(scratch, "Asia/Kolkata")["driver_tracks_hourly"] == [
+        ("11:30", 2),
+        ("12:30", 1),
+    ]
+    command.upgrade(_alembic(scratch), "head")
+    assert _views_in(scratch, "Asia/Kolkata") == utc
+    with psycopg.connect(scratch.database_url) as conn:  # replaced in place: grants, comments
+        for view in utc:
+            row = conn.execute(
+                "SELECT has_table_privilege('heatreplay_analyst', %s, 'SELECT'), "
+                "obj_description(%s::regclass, 'pg_class') LIKE %s",
+                (view, view, "%UTC%"),
+            ).fetchone()
+            assert row == (True, True), view
