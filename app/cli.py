@@ -180,14 +180,18 @@ def web(workers: int | None, threads: int | None) -> None:
 
 @main.command()
 @click.option("--role", type=click.Choice(["viewer", "ingest"]), required=True)
-@click.option("--ttl", default="12h", show_default=True, help="Lifetime, e.g. 30m, 12h, 7d.")
-def token(role: str, ttl: str) -> None:
+@click.option(
+    "--ttl", default=None, help="Lifetime, e.g. 30m, 12h, 7d.  [default: TOKEN_TTL_S, 12h]"
+)
+def token(role: str, ttl: str | None) -> None:
     """Print a signed JWT for ROLE."""
     from app.auth import mint_token
 
-    seconds = int(parse_duration(ttl).total_seconds())
-    if seconds < 1:
-        raise click.BadParameter("the lifetime must be at least 1s", param_hint="--ttl")
+    seconds = None
+    if ttl is not None:
+        seconds = int(parse_duration(ttl).total_seconds())
+        if seconds < 1:
+            raise click.BadParameter("the lifetime must be at least 1s", param_hint="--ttl")
     click.echo(mint_token(_settings(), role, seconds))
 
 

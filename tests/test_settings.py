@@ -109,6 +109,18 @@ def test_token_command_mints_a_token_with_the_asked_role_and_lifetime():
     )
     assert bad.returncode == 2 and "the lifetime must be at least 1s" in bad.stderr
     assert bad.stdout == ""
+    # without --ttl: TOKEN_TTL_S, as the README says
+    proc = subprocess.run(
+        [*base, "--role", "viewer"],
+        cwd=ROOT,
+        env={**environ, "TOKEN_TTL_S": "600"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    claims = jwt.decode(proc.stdout.strip(), REAL_SECRET, algorithms=["HS256"])
+    assert (claims["role"], claims["exp"] - claims["iat"]) == ("viewer", 600)
 
 
 def test_metrics_token_default_depends_on_the_environment():
