@@ -67,7 +67,7 @@ def migrate() -> None:
     from app.up import SetupError, prepare
 
     try:
-        prepare(_settings())
+        prepare(_settings(), redis_too=False)
     except SetupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("database is at head")

@@ -86,11 +86,13 @@ def check_redis(settings: Settings) -> None:
         ) from None
 
 
-def prepare(settings: Settings, progress: bool = True) -> None:
-    """Servers reachable, database created and migrated. Raises SetupError."""
+def prepare(settings: Settings, progress: bool = True, redis_too: bool = True) -> None:
+    """Servers reachable (Redis only if ``redis_too``: migrating needs PostgreSQL alone),
+    database created and migrated. Raises SetupError."""
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
-    say("· checking Redis")
-    check_redis(settings)
+    if redis_too:
+        say("· checking Redis")
+        check_redis(settings)
     say("· checking PostgreSQL / PostGIS")
     try:
         ensure_database(settings)

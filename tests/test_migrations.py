@@ -3,12 +3,18 @@ head, downgrades back to nothing, and upgrades again, on a scratch database."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from app.db import ROOT, migrate
 from app.settings import Settings
+from bench.stack import free_port
 
 
 def _alembic(s: Settings) -> Config:
@@ -203,3 +209,29 @@ def test_0007_views_bucket_by_utc_hour_in_any_session_time_zone(scratch: Setting
                 (view, view, "%UTC%"),
             ).fetchone()
             assert row == (True, True), view
+
+
+def test_migrate_command_needs_postgres_only(scratch: Settings) -> None:
+    """`heatreplay migrate` (the compose init job) creates and migrates the database with
+    Redis unreachable: the schema has nothing to do with Redis."""
+    env = {
+        **os.environ,
+        "HEATREPLAY_ENV": "test",
+        "DATABASE_URL": scratch.database_url,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "database is at head"
+    assert "Redis" not in r.stderr
+    with psycopg.connect(scratch.database_url) as conn:
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    head = ScriptDirectory.from_config(_alembic(scratch)).get_current_head()
+    assert version == (head,)
