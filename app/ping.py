@@ -138,15 +138,20 @@ def parse_body(body: bytes, ndjson: bool, max_pings: int) -> list[PingIn]:
         if len(lines) > max_pings:
             raise TooManyPings(len(lines))
         try:
-            return _list_decoder.decode(b"[" + b",".join(lines) + b"]")
-        except msgspec.DecodeError:
-            items: list[Any] = []
-            for number, line in enumerate(lines, 1):
-                try:
-                    items.append(_any_decoder.decode(line))
-                except msgspec.DecodeError as exc:
-                    raise BodyError(f"line {number}: {exc}") from None
-            return _validate_items(items)
+            pings = _list_decoder.decode(b"[" + b",".join(lines) + b"]")
+            if len(pings) == len(lines):
+                return pings
+            # a line held several values ("{...},{...}"): not NDJSON, and each would
+            # have slipped past the count above; the per-line pass names the line
+        except (msgspec.DecodeError, RecursionError):
+            pass
+        items: list[Any] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                items.append(_any_decoder.decode(line))
+            except (msgspec.DecodeError, RecursionError) as exc:
+                raise BodyError(f"line {number}: {_decode_reason(exc)}") from None
+        return _validate_items(items)
     stripped = body.lstrip()
     try:
         if stripped.startswith(b"["):
@@ -157,18 +162,24 @@ def parse_body(body: bytes, ndjson: bool, max_pings: int) -> list[PingIn]:
             pings = [_one_decoder.decode(body)]
     except msgspec.ValidationError:
         pings = _validate_items(_extract_items(body))
-    except msgspec.DecodeError as exc:
-        raise BodyError(str(exc)) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BodyError(_decode_reason(exc)) from None
     if len(pings) > max_pings:
         raise TooManyPings(len(pings))
     return pings
 
 
+def _decode_reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):  # msgspec's guard against deep nesting
+        return "JSON nested too deeply"
+    return str(exc)
+
+
 def _extract_items(body: bytes) -> list[Any]:
     try:
         doc = _any_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BodyError(str(exc)) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BodyError(_decode_reason(exc)) from None
     if isinstance(doc, list):
         return doc
     if isinstance(doc, dict) and "pings" in doc:
@@ -211,6 +222,9 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
         if index in skip:
             continue
         ts = now_ms if p.ts is None else to_epoch_ms(p.ts)
+        if ts < 0:  # an ISO time before 1970: the wire form (epoch ms) cannot carry it
+            problems.append(Problem(index, "ts", "must be at or after 1970-01-01T00:00:00Z"))
+            continue
         if ts > limit:
             problems.append(Problem(index, "ts", "more than 5 minutes in the future"))
             continue

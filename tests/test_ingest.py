@@ -80,6 +80,8 @@ BAD_PINGS = [
     (ping(heading=-0.5), "heading"),
     (ping(ts="2026-11-20T17:03:21"), "ts"),
     (ping(ts="yesterday"), "ts"),
+    (ping(ts="1960-01-01T00:00:00Z"), "ts"),  # epoch ms on the wire: none before 1970
+    (ping(ts=-1), "ts"),
     (ping(ts="SIX_MINUTES_AHEAD"), "ts"),  # resolved when the test runs, not at collection
     (ping(colour="red"), "colour"),
     (ping(lat=None), "lat"),
@@ -116,8 +118,21 @@ def test_rejections_produce_nothing(client, ingest_headers, settings):
         post(client, {}, [ping("a")]),
         post(client, {"Authorization": "Bearer " + mint_token(settings, "viewer")}, [ping("a")]),
         post(client, {"Authorization": "Bearer not-a-jwt"}, [ping("a")]),
+        # several values on one NDJSON line: not NDJSON (and not counted against the limit)
+        post(
+            client,
+            ingest_headers,
+            b"\n".join([b",".join([json.dumps(ping("a")).encode()] * 3)] * 2),
+            "application/x-ndjson",
+        ),
+        post(client, ingest_headers, b"[" * 100_000 + b"]" * 100_000),  # nested too deeply
+        post(client, ingest_headers, b'{"pings": ' + b"[" * 100_000),
+        post(client, ingest_headers, b"[" * 100_000, "application/x-ndjson"),
     ]
-    assert [r.status_code for r in cases] == [422, 400, 400, 400, 413, 413, 422, 422, 401, 403, 401]
+    assert [r.status_code for r in cases] == [
+        *(422, 400, 400, 400, 413, 413, 422, 422, 401, 403, 401),
+        *(400, 400, 400, 400),
+    ]
     for r in cases:
         assert r.is_json and isinstance(r.get_json()["error"], str)
     assert cases[0].get_json()["details"] == [
@@ -126,9 +141,21 @@ def test_rejections_produce_nothing(client, ingest_headers, settings):
     ]
     assert cases[4].get_json()["error"] == "payload_too_large"
     assert cases[5].get_json()["error"] == "request_entity_too_large"
+    assert [r.get_json()["error"] for r in cases[11:]] == ["malformed_json"] * 4
+    assert "line 1: " in cases[11].get_json()["message"]
+    assert "nested too deeply" in cases[12].get_json()["message"]
     # one good request afterwards: the topic holds exactly its ping and nothing else
     assert post(client, ingest_headers, ping("only")).status_code == 202
     assert [m.key() for m in read_topic(settings, settings.topic_pings)] == [b"only"]
+
+
+def test_ndjson_counts_pings_not_lines(client, ingest_headers, settings):
+    """The 10,000 limit holds for NDJSON however the pings are laid out on lines."""
+    line = json.dumps(ping("a")).encode()
+    over = b"\n".join([b",".join([line] * 2)] * 5_001)  # 10,002 pings on 5,001 lines
+    r = post(client, ingest_headers, over, "application/x-ndjson")
+    assert r.status_code in (400, 413), r.get_json()
+    assert read_topic(settings, settings.topic_pings) == []
 
 
 def test_ten_thousand_pings_is_the_limit(client, ingest_headers, settings):
