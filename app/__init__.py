@@ -13,6 +13,7 @@ from app.settings import Settings, load_settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 sock = Sock()
+WS_MAX_MESSAGE_BYTES = 64 * 1024  # a client message over this closes its socket (1009)
 
 
 def create_app(
@@ -35,7 +36,9 @@ def create_app(
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        SOCK_SERVER_OPTIONS={"ping_interval": 20},
+        # control messages and a first-message token are well under 1 KiB; a socket
+        # sending more (even before authenticating) is closed with 1009, not buffered
+        SOCK_SERVER_OPTIONS={"ping_interval": 20, "max_message_size": WS_MAX_MESSAGE_BYTES},
     )
     if test_config:
         app.config.update(test_config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -77,6 +78,12 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="heatreplay"'
         return response
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def _redis_unavailable(exc: redis.RedisError) -> Any:
+        # the live state (and the socket slots) live in Redis: down means try again soon
+        return _api_error(ServiceUnavailable(f"the live state is unavailable: {exc}"))
 
     @app.errorhandler(ViewError)
     def _view_error(exc: ViewError) -> Any:

@@ -156,6 +156,8 @@ def polygon_area(value: Any, settings: Settings) -> Area:
             value = json.loads(value)
         except ValueError as exc:
             raise InvalidGeoJson(f"polygon is not JSON: {exc}", field="polygon") from None
+        except RecursionError:
+            raise InvalidGeoJson("polygon is nested too deeply", field="polygon") from None
     if not isinstance(value, dict):
         raise InvalidGeoJson("polygon must be a GeoJSON object", field="polygon")
     if value.get("type") == "Feature":

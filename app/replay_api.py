@@ -218,7 +218,11 @@ def _control(pb: Playback, msg: dict[str, Any], view: View, now: float, settings
         value = msg.get("value")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("speed value must be a number")
-        pb.set_speed(float(value), now)
+        try:
+            speed = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError("speed value out of range") from None
+        pb.set_speed(speed, now)
     elif op == "view":
         view = parse_replay_view(msg.get("precision", view.precision), msg.get("bbox"), settings)
         pb.refresh()

@@ -83,7 +83,7 @@ def _read_token(ws: Any) -> str | None:
     if first and first.lstrip().startswith("{"):
         try:
             value = json.loads(first).get("token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return None
         return value if isinstance(value, str) else None
     return (first or "").strip() or None
@@ -378,6 +378,8 @@ def parse_message(raw: str | bytes | None) -> dict[str, Any]:
         msg = json.loads(raw)
     except ValueError:
         raise ValueError("message is not JSON") from None
+    except RecursionError:
+        raise ValueError("message is nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
         raise ValueError('message must be an object with an "op"')
     return msg

@@ -9,6 +9,8 @@ shapes the frame, so a view means exactly the same thing in both modes.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
@@ -63,7 +65,7 @@ def parse_precision(value: Any, default: int = 6) -> int:
         return default
     try:
         precision = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ViewError("precision", "precision must be an integer 1-8") from None
     if isinstance(value, float) and value != precision:
         raise ViewError("precision", "precision must be an integer 1-8")
@@ -81,7 +83,7 @@ def parse_bbox(value: Any) -> BBox | None:
         raise ViewError("bbox", "bbox must be west,south,east,north")
     try:
         w, s, e, n = (float(p) for p in parts)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ViewError("bbox", "bbox values must be numbers") from None
     if not all(x == x and abs(x) != float("inf") for x in (w, s, e, n)):
         raise ViewError("bbox", "bbox values must be finite")
@@ -97,16 +99,19 @@ def parse_view(precision: Any, bbox: Any, default_precision: int = 6) -> View:
 
 
 def parse_time_ms(value: Any, field: str = "t") -> int:
-    """ISO-8601 (with offset; a bare time is taken as UTC) or epoch milliseconds."""
+    """ISO-8601 (with offset; a bare time is taken as UTC) or epoch milliseconds, from
+    1970 (no ping is older) to ``MAX_TIME_MS``."""
     if value is None or value == "":
         raise ViewError(field, f"{field} is required (ISO-8601 or epoch milliseconds)")
     if isinstance(value, bool):
         raise ViewError(field, f"{field} must be ISO-8601 or epoch milliseconds")
     if isinstance(value, int | float):
-        return int(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ViewError(field, f"{field} must be ISO-8601 or epoch milliseconds")
+        return _in_range(int(value), field)
     text = str(value).strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
+    if _EPOCH_MS.fullmatch(text):
+        return _in_range(int(text), field)
     text = text.replace("Z", "+00:00")
     if "T" in text and " " in text:
         # an unencoded '+' in a query string arrives as a space
@@ -117,7 +122,23 @@ def parse_time_ms(value: Any, field: str = "t") -> int:
         raise ViewError(field, f"{field} must be ISO-8601 or epoch milliseconds") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return (dt - EPOCH) // timedelta(milliseconds=1)
+    return _in_range((dt - EPOCH) // timedelta(milliseconds=1), field)
+
+
+# times a view may ask for: no ping is older than 1970 (the wire carries epoch ms >= 0),
+# and the upper bound leaves room for a window or a step past it within datetime's range
+MAX_TIME_MS = 253_370_764_800_000  # 9999-01-01T00:00:00Z
+_EPOCH_MS = re.compile(r"-?[0-9]+")
+
+
+def _in_range(ms: int, field: str) -> int:
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise ViewError(
+            field,
+            f"{field} must be between 1970-01-01 and 9999-01-01 (in epoch milliseconds: "
+            f"0 to {MAX_TIME_MS})",
+        )
+    return ms
 
 
 def iso_ms(ms: int) -> str:

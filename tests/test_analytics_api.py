@@ -438,6 +438,13 @@ def test_bowtie_reason_and_other_endpoint_rejections(client, headers):
         assert response.get_json()["field"] == field
     post_empty = client.post("/api/analytics/activity", query_string=RNG, headers=headers)
     assert post_empty.get_json()["error"] == "invalid_geojson"
+    nested = client.post(
+        "/api/analytics/activity", query_string=RNG, data="[" * 100_000, headers=headers
+    )
+    assert nested.status_code == 400
+    assert nested.get_json()["message"] == "polygon is nested too deeply"
+    micro = get(client, headers, "/api/analytics/top-cells", **{**RNG, "to": "1763658201512000"})
+    assert (micro.status_code, micro.get_json()["field"]) == (400, "to")
     assert client.get("/api/analytics/activity", query_string=RNG).status_code == 401
     ingest = {
         "Authorization": f"Bearer {mint_token(client.application.config['SETTINGS'], 'ingest')}"

@@ -21,7 +21,7 @@ import websocket
 from werkzeug.serving import make_server
 
 import app.ws as app_ws
-from app import create_app
+from app import WS_MAX_MESSAGE_BYTES, create_app
 from app.auth import ROLES, check_token, mint_token
 from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
@@ -323,6 +323,21 @@ def test_every_socket_admits_a_viewer_token_in_the_query_or_the_first_message(
         firsts[("/ws/live", how)] for how in ("query", "bare first message", "auth first message")
     ]
     assert [(m["type"], m["mode"], m["precision"]) for m in live] == [("frame", "live", 5)] * 3
+
+
+def test_a_first_message_nested_too_deeply_or_too_large_is_refused_not_a_crash(app, server):
+    for path in socket_routes(app):
+        ws = connect(server, path)
+        ws.send('{"token": ' + "[" * 20_000)  # past the JSON parser's depth
+        error, _message, code = refusal(ws)
+        close_quietly(ws)
+        assert (error, code) == ("unauthorized", 4401), path
+        ws = connect(server, path)  # more than any control message: closed unread
+        ws.send("x" * (WS_MAX_MESSAGE_BYTES + 1))
+        opcode, data = ws.recv_data(control_frame=True)
+        close_quietly(ws)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == 1009, path  # message too big
 
 
 def test_a_socket_that_sends_no_token_in_time_is_closed_4401(app, server, monkeypatch):

@@ -20,7 +20,7 @@ from app.auth import mint_token
 from app.live_counts import LiveCounts
 from app.ping import Ping
 from replay.heat import parse_time_ms
-from tests.conftest import ServedApp, wait_until
+from tests.conftest import ServedApp, free_port, wait_until
 
 VI = (6.4281, 3.4219)  # s14ktf5y
 YABA = (6.5095, 3.3711)  # s14mh9nb
@@ -131,11 +131,17 @@ def test_view_follows_pan_and_zoom_and_bad_messages_do_not_end_the_stream(settin
     ws.send("not json")
     ws.send(json.dumps({"op": "view", "precision": 9}))
     ws.send(json.dumps({"op": "dance"}))
-    errors = [json.loads(ws.recv()) for _ in range(3)]
-    assert [e["type"] for e in errors] == ["error"] * 3
+    # numbers JSON holds and Python cannot convert, and nesting past the parser's depth
+    ws.send('{"op": "view", "precision": 1e400}')
+    ws.send('{"op": "view", "bbox": [1' + "0" * 400 + ", 0, 0, 0]}")
+    ws.send("[" * 20_000)
+    errors = [json.loads(ws.recv()) for _ in range(6)]
+    assert [e["type"] for e in errors] == ["error"] * 6
     assert errors[0]["message"] == "message is not JSON"
     assert "precision" in errors[1]["message"]
     assert "dance" in errors[2]["message"]
+    assert "precision" in errors[3]["message"] and "bbox" in errors[4]["message"]
+    assert errors[5]["message"] == "message is nested too deeply"
 
     live.apply([Ping("d", *VI, now_ms())], now_ms())
     frame = frames_until(ws, lambda m: m.get("type") == "frame")[-1]
@@ -227,3 +233,18 @@ def test_a_sender_thread_starts_only_when_a_socket_needs_one(settings, served, l
     finally:
         for ws in sockets:
             ws.close()
+
+
+def test_live_frame_with_redis_down_is_503_json(settings):
+    """The live state is in Redis: with Redis unreachable /api/live says so with a 503
+    and Retry-After, as /api/drivers does, not a 500."""
+    app = create_app(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        headers = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
+        r = app.test_client().get("/api/live", headers=headers)
+        assert r.status_code == 503, r.get_data()
+        assert r.get_json()["error"] == "unavailable"
+        assert "live state is unavailable" in r.get_json()["message"]
+        assert int(r.headers["Retry-After"]) >= 1
+    finally:
+        app.extensions["heatreplay"].close()

@@ -145,6 +145,13 @@ def test_replay_frame_exact(history, client, viewer_headers, settings):
         ("/api/replay/frame", {"t": iso(1, 0), "precision": 9}, "precision"),
         ("/api/replay/frame", {"t": iso(1, 0), "bbox": "-30,-30,30,30"}, "bbox"),
         ("/api/replay/frame", {"t": iso(1, 0), "bbox": "3,6,2,7"}, "bbox"),
+        # epoch microseconds, before 1970, and digit-like text int() refuses
+        ("/api/replay/frame", {"t": "1763658201512000"}, "t"),
+        ("/api/replay/frame", {"t": "-1"}, "t"),
+        ("/api/replay/frame", {"t": "--5"}, "t"),
+        ("/api/replay/frame", {"t": "\u00b2"}, "t"),
+        ("/api/timeline", {"from": iso(0, 0), "to": "99999999999999999"}, "to"),
+        ("/api/peaks", {"from": "1763658201512000", "to": iso(1, 0)}, "from"),
     ],
 )
 def test_bad_parameters_are_400_json(client, viewer_headers, path, query, field):

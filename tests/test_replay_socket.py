@@ -139,6 +139,14 @@ def test_bad_control_messages_do_not_stop_the_stream(server):
         {"op": "seek"},
         {"op": "view", "precision": 9},
         {"op": "view", "bbox": [-30, -30, 30, 30]},
+        # numbers JSON holds and Python cannot convert, and nesting past the parser's depth
+        '{"op": "seek", "t": 1e400}',
+        '{"op": "seek", "t": 1' + "0" * 400 + "}",
+        {"op": "seek", "t": "1763658201512000"},  # microseconds
+        '{"op": "view", "precision": 1e400}',
+        '{"op": "view", "bbox": [1' + "0" * 400 + ", 0, 0, 0]}",
+        '{"op": "speed", "value": 1' + "0" * 400 + "}",
+        "[" * 20_000,
     ):
         c.send(bad)
         msg = c.recv()
@@ -173,6 +181,8 @@ def test_coalescing_under_the_frame_budget(server):
         ("from={a}&to={b}&precision=0", "precision"),
         ("from={a}&to={b}&bbox=-30,-30,30,30", "bbox"),
         ("to={b}", "from"),
+        ("from=1763658201512000&to={b}", "from"),
+        ("from={a}&to=--5", "to"),
     ],
 )
 def test_bad_parameters_close_with_an_error(server, query, field):
