@@ -30,7 +30,7 @@ def post_pings() -> Any:
         pings = parse_body(body, request.mimetype in NDJSON_TYPES, settings.max_pings_per_request)
         wire = finalize(pings, int(time.time() * 1000), int(settings.future_tolerance_s * 1000))
     except TooManyPings as exc:
-        metrics.rejected(svc, "too_many_pings")
+        metrics.rejected(svc, "too_many_pings", exc.args[0])
         raise PayloadTooLarge(
             f"at most {settings.max_pings_per_request} pings per request (got {exc.args[0]})"
         ) from None
@@ -38,7 +38,7 @@ def post_pings() -> Any:
         metrics.rejected(svc, "malformed_json")
         raise MalformedJson(f"body is not valid JSON/NDJSON: {exc}") from None
     except InvalidPings as exc:
-        metrics.rejected(svc, "invalid_ping")
+        metrics.rejected(svc, "invalid_ping", exc.total)
         raise InvalidPing(
             f"{len(exc.problems)} ping(s) invalid; nothing was accepted",
             details=[p.as_json() for p in exc.problems],
@@ -49,7 +49,7 @@ def post_pings() -> Any:
     try:
         count = svc.producer.send_pings(wire)
     except BrokerUnavailable as exc:
-        metrics.rejected(svc, "broker_unavailable")
+        metrics.rejected(svc, "broker_unavailable", len(wire))
         raise ServiceUnavailable(f"the broker did not acknowledge the pings: {exc}") from None
     metrics.accepted(svc, count)
     return {"accepted": count}, 202

@@ -139,8 +139,14 @@ def accepted(svc: HasRedis, count: int) -> None:
     incr(svc.redis, _prefix(svc), {"pings_accepted": count})
 
 
-def rejected(svc: HasRedis, reason: str) -> None:
-    incr(svc.redis, _prefix(svc), {f"requests_rejected:{reason}": 1})
+def rejected(svc: HasRedis, reason: str, pings: int = 0) -> None:
+    """One refused ingest request and the pings it carried (0 where the body could not
+    be read as pings: malformed, empty)."""
+    incr(
+        svc.redis,
+        _prefix(svc),
+        {f"requests_rejected:{reason}": 1, f"pings_rejected:{reason}": pings},
+    )
 
 
 def live_frame_built(svc: HasRedis, seconds: float) -> None:

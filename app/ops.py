@@ -235,6 +235,11 @@ def _from_counts(counts: dict[str, float]) -> Iterator[Metric]:
         "Ingest requests refused, by reason (nothing of a refused request is produced).",
         labels=["reason"],
     )
+    pings_rejected = CounterMetricFamily(
+        "heatreplay_pings_rejected",
+        "Pings in refused ingest requests, by reason (a malformed or empty body adds none).",
+        labels=["reason"],
+    )
     dead = CounterMetricFamily(
         "heatreplay_dead_letters",
         "Undecodable messages sent to the dead-letter topic, by consumer.",
@@ -245,7 +250,10 @@ def _from_counts(counts: dict[str, float]) -> Iterator[Metric]:
     for key, value in sorted(counts.items()):
         if key.startswith("requests_rejected:"):
             rejected.add_metric([key.split(":", 1)[1]], value)
+        elif key.startswith("pings_rejected:"):
+            pings_rejected.add_metric([key.split(":", 1)[1]], value)
     yield rejected
+    yield pings_rejected
     yield dead
 
     for name, field, doc in _HISTOGRAMS:

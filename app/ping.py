@@ -96,9 +96,10 @@ class TooManyPings(Exception):
 class InvalidPings(Exception):
     """One or more pings break the rules; nothing of the request is accepted (HTTP 422)."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], total: int = 0):
         super().__init__(f"{len(problems)} invalid ping(s)")
         self.problems = problems
+        self.total = total  # pings in the request, all refused with it (0: not known)
 
 
 _list_decoder = msgspec.json.Decoder(list[PingIn])
@@ -206,7 +207,7 @@ def _validate_items(items: list[Any]) -> list[PingIn]:
         if not DRIVER_ID.fullmatch(ping.driver_id):
             problems.append(Problem(index, "driver_id", DRIVER_ID_MESSAGE))
     if problems:
-        raise InvalidPings(problems)
+        raise InvalidPings(problems, total=len(items))
     return pings
 
 
@@ -233,7 +234,7 @@ def finalize(pings: list[PingIn], now_ms: int, future_tolerance_ms: int) -> list
             continue
         out.append(Ping(p.driver_id, p.lat, p.lon, ts, p.speed_kmh, p.heading))
     if problems:
-        raise InvalidPings(sorted(problems, key=lambda p: p.index))
+        raise InvalidPings(sorted(problems, key=lambda p: p.index), total=len(pings))
     return out
 
 

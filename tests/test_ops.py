@@ -92,6 +92,10 @@ def test_metrics_are_exact_across_the_pipeline(
     assert client.post("/api/pings", json=good, headers=ingest_headers).status_code == 202
     bad = [{"driver_id": "x", "lat": 91, "lon": 3.4}]
     assert client.post("/api/pings", json=bad, headers=ingest_headers).status_code == 422
+    ahead = [*good[:2], {**good[2], "ts": now + 3_600_000}]  # one an hour ahead: all refused
+    assert client.post("/api/pings", json=ahead, headers=ingest_headers).status_code == 422
+    many = [good[0]] * 10_001
+    assert client.post("/api/pings", json=many, headers=ingest_headers).status_code == 413
     r = client.post(
         "/api/pings", data=b"{nope", headers={**ingest_headers, "Content-Type": "application/json"}
     )
@@ -126,8 +130,12 @@ def test_metrics_are_exact_across_the_pipeline(
     m = wait_until(committed_everything, timeout=20, interval=0.3)
 
     assert one(m, "heatreplay_pings_accepted_total") == 3
-    assert one(m, "heatreplay_requests_rejected_total", reason="invalid_ping") == 1
+    assert one(m, "heatreplay_requests_rejected_total", reason="invalid_ping") == 2
     assert one(m, "heatreplay_requests_rejected_total", reason="malformed_json") == 1
+    assert one(m, "heatreplay_requests_rejected_total", reason="too_many_pings") == 1
+    assert one(m, "heatreplay_pings_rejected_total", reason="invalid_ping") == 1 + 3
+    assert one(m, "heatreplay_pings_rejected_total", reason="malformed_json") == 0
+    assert one(m, "heatreplay_pings_rejected_total", reason="too_many_pings") == 10_001
     assert one(m, "heatreplay_dead_letters_total", consumer="sink") == 1
     assert one(m, "heatreplay_dead_letters_total", consumer="live") == 1
     assert one(m, "heatreplay_sink_rows_total") == 3
