@@ -84,7 +84,8 @@ def topics(wait: float) -> None:
         wait_for_broker(settings, wait)
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    ensure_topics(settings)
+    for note in ensure_topics(settings):
+        click.echo(f"note: {note}", err=True)
     click.echo(f"topics {settings.topic_pings} and {settings.topic_dlq} exist")
 
 

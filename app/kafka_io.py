@@ -265,23 +265,46 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> None:
-    """Create the pings and dead-letter topics if missing (idempotent)."""
+def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
+    """Create the pings and dead-letter topics if missing (idempotent), with
+    ``TOPIC_PARTITIONS`` (pings; the dead-letter topic has 1), ``TOPIC_REPLICATION`` and
+    ``TOPIC_RETENTION_MS`` / ``DLQ_RETENTION_MS``. These apply to a topic when it is
+    created; for a topic that exists with another partition count, returns (and logs) a
+    note saying so rather than changing it (adding partitions moves drivers' keys, an
+    operator's decision)."""
     client = admin(settings)
     wanted = list(topics or (settings.topic_pings, settings.topic_dlq))
     existing = client.list_topics(timeout=10).topics
+    notes = []
+    pings = existing.get(settings.topic_pings)
+    if settings.topic_pings in wanted and pings is not None:
+        have = len(pings.partitions)
+        if have != settings.topic_partitions:
+            notes.append(
+                f"topic {settings.topic_pings} exists with {have} partitions, not "
+                f"TOPIC_PARTITIONS={settings.topic_partitions}: the setting applies when the "
+                "topic is created; add partitions with the broker's tools (kafka-topics "
+                "--alter --partitions N), knowing each driver's pings move partition once"
+            )
+            log.warning("%s", notes[-1])
     new = [
         NewTopic(
             name,
             num_partitions=settings.topic_partitions if name == settings.topic_pings else 1,
-            replication_factor=1,
-            config={"retention.ms": str(settings.topic_retention_ms)},
+            replication_factor=settings.topic_replication,
+            config={
+                "retention.ms": str(
+                    settings.dlq_retention_ms
+                    if name == settings.topic_dlq
+                    else settings.topic_retention_ms
+                )
+            },
         )
         for name in wanted
         if name not in existing
     ]
     if not new:
-        return
+        return notes
     for name, future in client.create_topics(new, operation_timeout=10).items():
         try:
             future.result(timeout=15)
@@ -293,8 +316,9 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> No
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if all(name in client.list_topics(timeout=5).topics for name in wanted):
-            return
+            break
         time.sleep(0.1)
+    return notes
 
 
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:

@@ -41,6 +41,9 @@ class Settings:
     topic_dlq: str = "pings.dlq"
     topic_partitions: int = 4
     topic_retention_ms: int = 6 * 3600 * 1000
+    # dead letters are the record of input nobody could use: kept longer than pings
+    dlq_retention_ms: int = 7 * 24 * 3600 * 1000
+    topic_replication: int = 1
     group_live: str = "heatreplay-live"
     group_sink: str = "heatreplay-sink"
     kafka_session_timeout_ms: int = 6000
@@ -144,8 +147,12 @@ class Settings:
             raise SettingsError(f"GEOM_INDEX must be one of {', '.join(GEOM_INDEX_MODES)}")
         if self.geom_index_after_s < 0 or self.geom_index_check_s <= 0:
             raise SettingsError("GEOM_INDEX_AFTER_S must be >= 0 and GEOM_INDEX_CHECK_S > 0")
-        if self.topic_partitions < 1:
-            raise SettingsError("TOPIC_PARTITIONS must be >= 1")
+        if self.topic_partitions < 1 or self.topic_replication < 1:
+            raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be >= 1")
+        for env_name in ("TOPIC_RETENTION_MS", "DLQ_RETENTION_MS"):
+            value = getattr(self, ENV_NAMES[env_name])
+            if value != -1 and value <= 0:
+                raise SettingsError(f"{env_name} must be positive, or -1 to keep everything")
         for env_name in (
             "TOKEN_TTL_S", "MAX_PINGS_PER_REQUEST", "MAX_BODY_BYTES", "MAX_BBOX_AREA_DEG2",
             "MAX_RANGE_S", "EXPORT_MAX_ROWS", "MAX_SOCKETS_PER_TOKEN", "WS_MAX_MESSAGES_PER_S",
@@ -181,6 +188,8 @@ ENV_NAMES: dict[str, str] = {
     "TOPIC_DLQ": "topic_dlq",
     "TOPIC_PARTITIONS": "topic_partitions",
     "TOPIC_RETENTION_MS": "topic_retention_ms",
+    "DLQ_RETENTION_MS": "dlq_retention_ms",
+    "TOPIC_REPLICATION": "topic_replication",
     "GROUP_LIVE": "group_live",
     "GROUP_SINK": "group_sink",
     "KAFKA_SESSION_TIMEOUT_MS": "kafka_session_timeout_ms",
