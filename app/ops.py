@@ -242,7 +242,7 @@ def _from_counts(counts: dict[str, float]) -> Iterator[Metric]:
     )
     dead = CounterMetricFamily(
         "heatreplay_dead_letters",
-        "Messages sent to the dead-letter topic (undecodable or breaking the ping rules), by consumer.",
+        "Messages dead-lettered (undecodable or breaking the ping rules), by consumer.",
         labels=["consumer"],
     )
     dead.add_metric(["sink"], counts.get("sink_dead_letters", 0.0))
