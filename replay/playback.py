@@ -2,8 +2,9 @@
 
 Frames are for simulated times on a grid: from, from + step, ... (re-based at the
 target of a seek), and ``to`` last. Simulated time runs ``speed`` times faster than the
-clock from an anchor (set at start, play, seek and speed changes), so frame k is due
-at anchor_wall + k * step / speed. At most one frame per ``min_interval_s`` (the frame
+clock from an anchor (set at start, play, seek and speed changes), so grid time g is
+due at anchor_wall + (g - anchor_sim) / speed. A speed change anchors at the simulated
+time reached, not at the frame on screen: the part of a step already played counts. At most one frame per ``min_interval_s`` (the frame
 budget, 1 / REPLAY_MAX_FPS): when steps come faster than that, or a frame took long to
 build, the next frame is the newest grid time already due, so intermediate steps are
 coalesced and playback never falls behind the clock.
@@ -75,7 +76,8 @@ class Playback:
     position: int = field(init=False)  # simulated time of the frame on screen
     _pending: int | None = field(init=False)  # a frame to show at once (start/seek/view)
     _anchor_wall: float = field(init=False)
-    _anchor_sim: int = field(init=False)
+    _anchor_sim: float = field(init=False)
+    _grid: int = field(init=False)  # frames fall on _grid + k * step_ms (start or seek)
     _last_shown: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,10 +87,11 @@ class Playback:
             raise ValueError("step must be positive")
         self.position = self.start_ms
         self._pending = self.start_ms
+        self._grid = self.start_ms
         self._anchor(self.now, self.start_ms)
         self._last_shown = float("-inf")
 
-    def _anchor(self, wall: float, sim: int) -> None:
+    def _anchor(self, wall: float, sim: float) -> None:
         self._anchor_wall, self._anchor_sim = wall, sim
 
     def _sim_at(self, wall: float) -> float:
@@ -109,8 +112,8 @@ class Playback:
         if sim + 1e-3 >= self.end_ms:
             return self.end_ms
         # a microsecond of slack: float wall times must not miss a step they reach exactly
-        k = int((sim - self._anchor_sim + 1e-3) // self.step_ms)
-        t = self._anchor_sim + k * self.step_ms
+        k = int((sim - self._grid + 1e-3) // self.step_ms)
+        t = self._grid + k * self.step_ms
         return t if t > self.position else None
 
     def wait(self, now: float) -> float | None:
@@ -148,13 +151,21 @@ class Playback:
         self.ended = False
         self.position = t
         self._pending = t
+        self._grid = t
         self._anchor(now, t)
 
     def set_speed(self, speed: float, now: float) -> None:
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}")
+        # playing: simulated time goes on from where it had reached (between frames);
+        # paused or ended: from the frame on screen, as play would
+        reached = (
+            max(self.position, min(self._sim_at(now), self.end_ms))
+            if self.playing
+            else self.position
+        )
         self.speed = speed
-        self._anchor(now, self.position)
+        self._anchor(now, reached)
 
     def refresh(self) -> None:
         """Show the current time again (the view changed)."""

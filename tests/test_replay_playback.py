@@ -88,3 +88,42 @@ def test_range_not_a_multiple_of_step_ends_at_to():
         clock.advance(1.0)
         shown += run(pb, clock)
     assert shown == [0, 10 * S, 20 * S, 25 * S] and pb.ended
+
+
+def test_a_speed_change_between_frames_keeps_the_simulated_time_reached():
+    clock = ManualClock()
+    pb = Playback(0, 600 * S, 10 * S, 1.0, clock.now())
+    assert run(pb, clock) == [0]
+    clock.advance(9.0)  # 9 s of the first 10 s step played at 1x
+    pb.set_speed(10.0, clock.now())
+    assert pb.wait(clock.now()) == pytest.approx(0.1)  # the last 1 s at 10x
+    clock.advance(0.1)
+    assert run(pb, clock) == [10 * S]  # on the grid, not re-based at the change
+    clock.advance(1.0)
+    assert run(pb, clock) == [20 * S]
+
+
+def test_speed_messages_more_often_than_a_step_do_not_stall_playback():
+    clock = ManualClock()
+    pb = Playback(0, 600 * S, 10 * S, 1.0, clock.now())
+    run(pb, clock)
+    shown = []
+    for _ in range(12):  # the same speed re-sent every 5 s for a minute
+        clock.advance(5.0)
+        pb.set_speed(1.0, clock.now())
+        shown += run(pb, clock)
+    assert shown == [t * S for t in range(10, 70, 10)]
+
+
+def test_a_speed_change_while_paused_resumes_from_the_frame_on_screen():
+    clock = ManualClock()
+    pb = Playback(0, 600 * S, 10 * S, 1.0, clock.now())
+    run(pb, clock)
+    clock.advance(7.0)
+    pb.pause()
+    clock.advance(30.0)
+    pb.set_speed(2.0, clock.now())
+    assert run(pb, clock) == [] and pb.wait(clock.now()) is None
+    pb.play(clock.now())
+    clock.advance(5.0)  # 10 s of history at 2x from the frame at 0
+    assert run(pb, clock) == [10 * S]
