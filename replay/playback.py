@@ -4,10 +4,11 @@ Frames are for simulated times on a grid: from, from + step, ... (re-based at th
 target of a seek), and ``to`` last. Simulated time runs ``speed`` times faster than the
 clock from an anchor (set at start, play, seek and speed changes), so grid time g is
 due at anchor_wall + (g - anchor_sim) / speed. A speed change anchors at the simulated
-time reached, not at the frame on screen: the part of a step already played counts. At most one frame per ``min_interval_s`` (the frame
-budget, 1 / REPLAY_MAX_FPS): when steps come faster than that, or a frame took long to
-build, the next frame is the newest grid time already due, so intermediate steps are
-coalesced and playback never falls behind the clock.
+time reached, not at the frame on screen: the part of a step already played counts.
+At most one frame per ``min_interval_s`` (the frame budget, 1 / REPLAY_MAX_FPS): when
+steps come faster than that, or a frame took long to build, the next frame is the newest
+grid time already due, so intermediate steps are coalesced and playback never falls
+behind the clock.
 
 The clock is injected (``Clock``): the socket uses ``MonotonicClock``; tests drive a
 ``ManualClock`` and check pacing against simulated time, with no sleeping.
