@@ -163,9 +163,28 @@ def test_peaks_listed_play_pause_scrub_play(ui: Page, history_server):  # noqa: 
         cells=3,
         max=20,
     )
+    # frames of the drag's earlier seeks may show first; the page rests on the last one,
+    # sent within the page's seek interval (100 ms) of the release
+    ui.page.wait_for_timeout(300)
+    last_seek = ui.poll(lambda: [m for m in ui.sent if m.get("op") == "seek"][-1:])[0]["t"]
+    scrubbed = ui.wait_state(state="paused", t=iso_ms(last_seek), total=34, cells=3, max=20)
     assert ui.text("#clock-time").startswith("18:4")
     assert [m["op"] for m in ui.sent][-1] == "seek"
     ui.shot("4-scrubbed-split")
+
+    # still paused, zoom in: the same moment is drawn again at the finer precision
+    before = int(scrubbed["precision"])
+    for _ in range(2):
+        zoom = ui.page.evaluate("() => heatreplay.map.getZoom()") + 1
+        ui.page.click(".leaflet-control-zoom-in")
+        ui.page.wait_for_function(
+            "(z) => heatreplay.map.getZoom() === z && !heatreplay.map._animatingZoom", arg=zoom
+        )
+    finer = int(ui.text("#precision-note").rsplit(" ", 1)[1])
+    assert finer > before
+    zoomed = ui.wait_state(state="paused", precision=finer, t=scrubbed["t"])
+    assert int(zoomed["frames"]) > int(scrubbed["frames"])
+    ui.shot("4b-paused-zoomed")
 
     # play on from there
     ui.page.click("#play-pause")
@@ -243,3 +262,32 @@ def test_simulated_backfill_day_lists_its_morning_and_evening_peaks(
     hours = [datetime.fromtimestamp(s * 60, LAGOS).hour for _, s in shown]
     assert any(16 <= h <= 20 for h in hours) and any(6 <= h <= 9 for h in hours), texts
     ui.shot("simulated-day-peaks")
+
+
+STEPS_HELD = 90  # 3 s of auto-repeat: past the server's burst of 20 plus 20 a second
+
+
+def test_held_arrow_key_steps_land_where_the_slider_says(ui: Page, history_server):  # noqa: F811
+    """A held → repeats faster than the server takes control messages (20 a second):
+    the page sends the steps at most ten a second, the newest last, so paused on the
+    90th step the frame, clock and slider agree and the server refused nothing."""
+    base, token = history_server
+    start, end = iso_ms(ms(EVENING)), iso_ms(ms(EVENING + timedelta(hours=1)))
+    ui.page.goto(f"{base}/?mode=replay&from={start}&to={end}&token={token}")
+    ui.page.locator("#peaks .peak").first.wait_for(timeout=10_000)
+    ui.page.locator("#peaks .peak").first.click()
+    ui.wait_state(state="replaying")
+    ui.page.click("#play-pause")
+    paused = ui.wait_state(state="paused")
+    for _ in range(STEPS_HELD):  # ~30 presses a second for 3 s, as a key's auto-repeat
+        ui.page.keyboard.press("ArrowRight")
+        ui.page.wait_for_timeout(33)
+    target = iso_ms(ms(t_of(paused)) + STEPS_HELD * 10_000)
+    ui.wait_state(state="paused", t=target)
+    ui.page.wait_for_timeout(500)  # nothing else arrives afterwards
+    assert ui.state()["t"] == target
+    refused = [m for m in ui.received if m.get("type") == "error"]
+    assert refused == []
+    seeks = [m["t"] for m in ui.sent if m.get("op") == "seek"]
+    assert seeks[-1] == ms(t_of(paused)) + STEPS_HELD * 10_000
+    assert len(seeks) <= STEPS_HELD // 2  # throttled

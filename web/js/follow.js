@@ -26,6 +26,7 @@ export function createFollow({ map, getMode, getFrameTime, onSelect }) {
     let driver = null;
     let seq = 0; // answers to an older request are dropped
     let lastLoad = -Infinity;
+    let trailing = null; // a load for the newest frame, once REFRESH_MS has passed
 
     function show(fields) {
         for (const [key, value] of Object.entries(fields)) $(`driver-${key}`).textContent = value;
@@ -76,6 +77,8 @@ export function createFollow({ map, getMode, getFrameTime, onSelect }) {
     }
 
     function close() {
+        clearTimeout(trailing);
+        trailing = null;
         driver = null;
         seq += 1;
         panel.hidden = true;
@@ -101,9 +104,15 @@ export function createFollow({ map, getMode, getFrameTime, onSelect }) {
             onSelect(id);
             load();
         },
-        /** A frame was drawn: follow it, not more often than REFRESH_MS. */
+        /** A frame was drawn: follow it, not more often than REFRESH_MS; the last frame
+         * of a burst (a pause, steps) is loaded once the interval has passed. */
         onFrame() {
-            if (driver && performance.now() - lastLoad >= REFRESH_MS) load();
+            if (!driver) return;
+            const wait = lastLoad + REFRESH_MS - performance.now();
+            clearTimeout(trailing);
+            trailing = null;
+            if (wait <= 0) load();
+            else trailing = setTimeout(() => { trailing = null; load(); }, wait);
         },
         close,
         get driver() {

@@ -15,12 +15,19 @@ export function createLive({ getView, onFrame, onState, onServerError }) {
     // server that accepts and then refuses (expired token, too many sockets) must not
     // flash 'live' first.
     let serving = false;
+    let urlView = ''; // the view the socket URL carried
     const socket = new ReconnectingSocket({
         url: () => {
             const view = getView();
+            urlView = JSON.stringify(view);
             return socketUrl('ws/live', { precision: view.precision, bbox: view.bbox });
         },
         probeAuth: () => probeAuth(getView()),
+        onOpen() {
+            // the map moved while the socket was connecting: the URL's view is stale
+            const view = getView();
+            if (JSON.stringify(view) !== urlView) socket.send({ op: 'view', precision: view.precision, bbox: view.bbox });
+        },
         onMessage(msg) {
             if (msg.type === 'frame') {
                 if (!serving) {

@@ -18,6 +18,7 @@ export const REPLAY_STEP_S = 10; // simulated seconds between replay frames
 export const PEAK_WINDOW_S = 3600;
 export const PEAK_COUNT = 3;
 const DAY_MS = 86400e3;
+const SEEK_INTERVAL_MS = 100; // at most 10 seeks a second (the server allows 20 messages)
 
 const $ = (id) => document.getElementById(id);
 
@@ -76,7 +77,9 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
         let state;
         if (!session) state = 'idle';
         else if (session.ended) state = 'ended';
-        else if (session.conn === 'open') state = session.paused ? 'paused' : 'replaying';
+        // 'open' is not yet serving: a server that accepts and then refuses (expired
+        // token, too many sockets) must not flash 'replaying' first
+        else if (session.conn === 'open') state = !session.serving ? 'connecting' : session.paused ? 'paused' : 'replaying';
         else state = session.conn; // connecting, reconnecting, unauthorised, error
         onState(state, detail);
         const playing = state === 'replaying';
@@ -161,7 +164,10 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
     }
 
     function closeSession() {
-        if (session) session.socket.stop();
+        if (session) {
+            clearTimeout(session.seekTimer);
+            session.socket.stop();
+        }
         session = null;
         timeline.setSession(null);
         scrubber.disable();
@@ -179,14 +185,25 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             ended: false,
             cursor: startAt,
             resumeAt: startAt, // where a (re)connect should continue
-            // While paused, only frames answering our own seeks are drawn: a frame the
-            // server sent just before it read "pause" must not move the clock on.
-            pendingSeeks: 0,
+            // While paused, only frames for times we asked for (a seek's target, the
+            // cursor after a view change) are drawn: a frame the server sent just
+            // before it read "pause" must not move the clock on.
+            awaiting: new Set(),
+            // After a (re)connect that resumes mid-range, the stream's first frame (at
+            // from) is skipped until the resume frame comes.
+            resuming: null,
+            serving: false, // a frame or state arrived on this connection
+            urlView: '', // the view the socket URL carried
+            seekTarget: startAt, // the newest seek asked for (sent when the throttle allows)
+            seekTimer: null,
+            seekInFlight: null, // the last seek sent whose frame has not come yet
+            lastSeekSent: 0,
             conn: 'connecting',
         };
         s.socket = new ReconnectingSocket({
             url: () => {
                 const view = getView();
+                s.urlView = JSON.stringify(view);
                 return socketUrl('ws/replay', {
                     from: isoTime(s.from),
                     to: isoTime(s.to),
@@ -199,18 +216,24 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             probeAuth: () => probeAuth(getView()),
             shouldReconnect: () => !s.ended,
             onOpen: () => {
+                // pause first, so the seek's answer already says paused
+                if (s.paused) s.socket.send({ op: 'pause' });
                 // A reconnect (or a start mid-range) continues where we were.
-                if (s.resumeAt > s.from) s.socket.send({ op: 'seek', t: s.resumeAt });
-                if (s.paused) {
-                    // the stream's first frame, then the seek's, are the catch-up to draw
-                    s.pendingSeeks = s.resumeAt > s.from ? 2 : 1;
-                    s.socket.send({ op: 'pause' });
+                s.awaiting = new Set([s.resumeAt]);
+                s.resuming = s.resumeAt > s.from ? s.resumeAt : null;
+                s.seekInFlight = s.resuming;
+                if (s.resuming !== null) s.socket.send({ op: 'seek', t: s.resumeAt });
+                // the map moved while the socket was connecting: the URL's view is stale
+                const view = getView();
+                if (JSON.stringify(view) !== s.urlView) {
+                    s.socket.send({ op: 'view', precision: view.precision, bbox: view.bbox });
                 }
             },
             onMessage: (msg) => handleMessage(s, msg),
             onStatus: (status, detail) => {
                 if (session !== s) return;
                 s.conn = status;
+                s.serving = false;
                 publish(detail);
             },
         });
@@ -225,13 +248,26 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
 
     function handleMessage(s, msg) {
         if (session !== s) return;
+        if ((msg.type === 'frame' || msg.type === 'state') && !s.serving) {
+            s.serving = true;
+            publish();
+        }
         if (msg.type === 'frame') {
-            if (s.paused) {
-                if (s.pendingSeeks <= 0) return; // sent before the server saw our pause
-                s.pendingSeeks -= 1;
-            }
             const t = parseTime(msg.t);
-            if (Number.isFinite(t)) {
+            if (s.resuming !== null) {
+                if (t !== s.resuming) return; // the stream's start, before our seek
+                s.resuming = null;
+            }
+            if (s.paused) {
+                if (!s.awaiting.has(t)) return; // sent before the server saw our pause
+                s.awaiting.delete(t);
+            } else if (s.seekInFlight !== null && t !== s.seekInFlight) {
+                return; // the stream from before our seek
+            }
+            if (t === s.seekInFlight) s.seekInFlight = null;
+            // a frame for an earlier seek (keys held, a drag) is drawn, but the cursor
+            // stays on the newest target: it is what the next step counts from
+            if (Number.isFinite(t) && s.seekInFlight === null && s.seekTimer === null) {
                 s.cursor = t;
                 s.resumeAt = t;
                 scrubber.setValue(t);
@@ -254,6 +290,8 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             s.socket.stop(); // a later play or seek reconnects
             publish();
         } else if (msg.type === 'error') {
+            s.resuming = null; // a refused seek: take the stream as it comes
+            s.seekInFlight = null;
             if (!isAuthMessage(msg)) onServerError(msg.message || msg.error || 'replay error');
         }
     }
@@ -275,7 +313,7 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             return;
         }
         s.paused = !s.paused;
-        s.pendingSeeks = 0;
+        s.awaiting.clear();
         s.socket.send({ op: s.paused ? 'pause' : 'play' });
         publish();
     }
@@ -295,8 +333,27 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             s.socket.start();
             return;
         }
-        if (s.paused) s.pendingSeeks += 1;
-        s.socket.send({ op: 'seek', t: target }); // if not connected, the reconnect resumes there
+        s.seekTarget = target;
+        sendSeek(s);
+    }
+
+    // Seeks leave at most every SEEK_INTERVAL_MS (a held arrow key repeats ~30 times a
+    // second, past the server's control-message rate); the newest target always goes last.
+    function sendSeek(s) {
+        clearTimeout(s.seekTimer);
+        s.seekTimer = null;
+        const wait = s.lastSeekSent + SEEK_INTERVAL_MS - Date.now();
+        if (wait > 0) {
+            s.seekTimer = setTimeout(() => sendSeek(s), wait);
+            return;
+        }
+        s.lastSeekSent = Date.now();
+        // if not connected, the reconnect resumes at resumeAt
+        const t = s.seekTarget;
+        if (s.socket.send({ op: 'seek', t })) {
+            s.seekInFlight = t;
+            if (s.paused) s.awaiting.add(t);
+        }
     }
 
     function stepBy(direction) {
@@ -364,7 +421,19 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             else publish();
         },
         setView(view) {
-            if (session) session.socket.send({ op: 'view', precision: view.precision, bbox: view.bbox });
+            const s = session;
+            if (!s) return;
+            if (s.ended) {
+                // the stream is done (its socket closed): fetch the frame on screen anew
+                apiGet('api/replay/frame', { t: isoTime(s.cursor), precision: view.precision, bbox: view.bbox })
+                    .then((frame) => { if (session === s && s.ended) onFrame(frame); })
+                    .catch((err) => { if (!(err instanceof AuthError)) onServerError(String(err.message || err)); });
+                return;
+            }
+            // the server answers with the frame at its position, drawn even while paused
+            if (s.socket.send({ op: 'view', precision: view.precision, bbox: view.bbox }) && s.paused) {
+                s.awaiting.add(s.cursor);
+            }
         },
         load,
         openSession,
