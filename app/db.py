@@ -14,6 +14,8 @@ from psycopg_pool import ConnectionPool
 
 from app.settings import Settings
 
+log = logging.getLogger(__name__)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,13 +34,24 @@ def connect(settings: Settings, autocommit: bool = False) -> psycopg.Connection:
     return psycopg.connect(settings.database_url, autocommit=autocommit, connect_timeout=5)
 
 
+def api_options(settings: Settings, stall_s: float | None = None) -> str:
+    """Server settings of the web's database sessions: no API query runs longer than
+    ``API_STATEMENT_TIMEOUT_S`` (a month-long scan is refused, not left holding a pooled
+    connection and the table's lock); ``stall_s`` also ends a session left idle inside
+    its transaction that long (an export whose client stopped reading)."""
+    options = f"-c statement_timeout={max(1, int(settings.api_statement_timeout_s * 1000))}"
+    if stall_s is not None:
+        options += f" -c idle_in_transaction_session_timeout={max(1, int(stall_s * 1000))}"
+    return options
+
+
 def make_pool(settings: Settings, max_size: int = 8) -> ConnectionPool:
     pool = ConnectionPool(
         settings.database_url,
         min_size=1,
         max_size=max_size,
         open=False,
-        kwargs={"autocommit": True, "connect_timeout": 5},
+        kwargs={"autocommit": True, "connect_timeout": 5, "options": api_options(settings)},
         name="heatreplay",
     )
     pool.open(wait=False)
@@ -92,12 +105,26 @@ def migrate(settings: Settings, revision: str = "head") -> None:
     cfg.attributes["database_url"] = settings.database_url
     command.upgrade(cfg, revision)
     if revision == "head":
-        ensure_partitions_ahead(settings)
+        try:
+            ensure_partitions_ahead(settings)
+        except psycopg.errors.LockNotAvailable:
+            # a long reader holds pings; the sink's maintenance pass makes them later
+            log.warning("migrate: pings busy; day partitions ahead left to the sink")
+
+
+# creating a partition locks ``pings`` exclusively: waiting behind a long reader (an
+# export, an analyst's query) would queue every other query on pings behind it, so the
+# attempt gives up after this and is made again later
+PARTITION_LOCK_TIMEOUT = "5s"
 
 
 def ensure_partitions_ahead(settings: Settings, today: date | None = None) -> None:
+    """Day partitions from yesterday to ``PARTITION_DAYS_AHEAD`` days ahead (migrate,
+    and every sink's maintenance pass, so midnight never needs one on the write path).
+    Raises psycopg.errors.LockNotAvailable if ``pings`` stayed busy."""
     day = today or datetime.now(UTC).date()
     with connect(settings, autocommit=True) as conn:
+        conn.execute(f"SET lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
         for offset in range(-1, settings.partition_days_ahead + 1):
             conn.execute(
                 "SELECT heatreplay_ensure_day_partition(%s, %s)",

@@ -68,6 +68,10 @@ class ServiceUnavailable(ApiError):
         self.retry_after = retry_after
 
 
+class QueryTimeout(ServiceUnavailable):
+    error = "query_timeout"
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Any:

@@ -12,14 +12,16 @@ never pass for a complete one.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any, LiteralString
 
 import psycopg
-from flask import Response
+from flask import Flask, Response, current_app
 
 from app.analytics_queries import compose, range_params
+from app.db import api_options
 from app.errors import ServiceUnavailable
 from app.geo_params import Area, TimeRange
 from app.settings import Settings
@@ -53,15 +55,52 @@ def truncation_message(max_rows: int) -> str:
     )
 
 
+_slots_lock = threading.Lock()
+
+
+def export_slots(app: Flask, settings: Settings) -> threading.BoundedSemaphore:
+    """This process's export slots (``EXPORT_MAX_CONCURRENT``)."""
+    with _slots_lock:
+        slots = app.extensions.get("heatreplay_exports")
+        if slots is None:
+            slots = app.extensions["heatreplay_exports"] = threading.BoundedSemaphore(
+                settings.export_max_concurrent
+            )
+    return slots  # type: ignore[no-any-return]
+
+
 class RowStream:
     """Lines from a server-side cursor; ``close()`` (called by the WSGI server, also on
-    a client disconnect) ends the transaction and the connection."""
+    a client disconnect) ends the transaction and the connection and frees the slot.
 
-    def __init__(self, settings: Settings, row_sql: LiteralString, area: Area, rng: TimeRange):
+    The session ends itself if the client reads nothing for ``EXPORT_STALL_S`` (idle
+    in its transaction that long): the rest of the body then fails, and the lock the
+    open cursor held on ``pings`` is gone."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        row_sql: LiteralString,
+        area: Area,
+        rng: TimeRange,
+        slots: threading.BoundedSemaphore,
+    ):
         self.max_rows = settings.export_max_rows
+        if not slots.acquire(blocking=False):
+            raise ServiceUnavailable(
+                f"{settings.export_max_concurrent} exports are running here "
+                "(EXPORT_MAX_CONCURRENT); try again when one has finished",
+                retry_after=10,
+            )
+        self._slots: threading.BoundedSemaphore | None = slots
         try:
-            self.conn = psycopg.connect(settings.database_url, connect_timeout=5)
+            self.conn = psycopg.connect(
+                settings.database_url,
+                connect_timeout=5,
+                options=api_options(settings, stall_s=settings.export_stall_s),
+            )
         except psycopg.OperationalError as exc:
+            self._release()
             raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
         try:
             self.conn.execute("SET TRANSACTION READ ONLY")
@@ -70,7 +109,7 @@ class RowStream:
             params = range_params(rng, area) | {"limit": self.max_rows + 1}
             self.cur.execute(query, params)
         except BaseException:
-            self.conn.close()
+            self.close()
             raise
         self.rows = 0
         self.truncated = False
@@ -92,6 +131,12 @@ class RowStream:
 
     def close(self) -> None:
         self.conn.close()
+        self._release()
+
+    def _release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
 
 
 class _Body:
@@ -131,11 +176,12 @@ def _geojson(stream: RowStream) -> Iterator[str]:
 
 def export_response(settings: Settings, fmt: str, area: Area, rng: TimeRange) -> Response:
     """``fmt`` is "csv" or "geojson" (checked by the caller)."""
+    slots = export_slots(current_app._get_current_object(), settings)  # type: ignore[attr-defined]
     if fmt == "csv":
-        stream = RowStream(settings, CSV_ROW, area, rng)
+        stream = RowStream(settings, CSV_ROW, area, rng, slots)
         body, mimetype, ext = _Body(stream, _csv(stream)), "text/csv", "csv"
     else:
-        stream = RowStream(settings, FEATURE_ROW, area, rng)
+        stream = RowStream(settings, FEATURE_ROW, area, rng, slots)
         body, mimetype, ext = _Body(stream, _geojson(stream)), "application/geo+json", "geojson"
     response = Response(body, mimetype=mimetype)
     response.headers[CAP_HEADER] = str(settings.export_max_rows)

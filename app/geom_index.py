@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from app.db import ensure_partitions_ahead
 from app.retention import day_partitions
 from app.settings import Settings
 
@@ -157,8 +158,10 @@ def index_due(
 
 
 class GeomIndexer(threading.Thread):
-    """``index_due`` every ``geom_index_check_s`` until ``stop``; an outage or a failed
-    pass is logged and tried again next time (ingest never waits for it)."""
+    """Every ``geom_index_check_s`` until ``stop``: the day partitions ahead
+    (``ensure_partitions_ahead``: the sink then never creates one at midnight, when a
+    long reader could make it wait) and ``index_due``. An outage or a failed pass is
+    logged and tried again next time (ingest never waits for it)."""
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
         super().__init__(name="geom-indexer", daemon=True)
@@ -168,6 +171,10 @@ class GeomIndexer(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
+            try:
+                ensure_partitions_ahead(self.settings)
+            except Exception:
+                log.warning("partitions ahead: not made this pass", exc_info=True)
             try:
                 index_due(self.settings)
             except Exception:

@@ -34,6 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from app import metrics
 from app.backoff import Backoff
 from app.copy_rows import COPY_SQL, HEADER, TRAILER
+from app.db import PARTITION_LOCK_TIMEOUT
 from app.dead_letter import DeadLetters
 from app.geom_index import GeomIndexer
 from app.kafka_io import (
@@ -377,6 +378,9 @@ class PostgisSink:
 
     def _ensure_partitions(self, conn: psycopg.Connection, days: frozenset[date]) -> None:
         for day in sorted(days - self._days):
+            # a busy pings (a long reader) makes this fail after the timeout instead of
+            # queueing every query behind the lock: retried with the batch (RETRYABLE_DB)
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (PARTITION_LOCK_TIMEOUT,))
             created = conn.execute(
                 "SELECT heatreplay_ensure_day_partition(%s, %s)",
                 (day, self.settings.geom_index == "immediate"),

@@ -14,7 +14,7 @@ from flask import current_app
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.db import make_pool
-from app.errors import ServiceUnavailable
+from app.errors import QueryTimeout, ServiceUnavailable
 from app.kafka_io import PingProducer
 from app.live_counts import LiveCounts
 from app.live_hub import LiveHub
@@ -102,6 +102,12 @@ def history_connection(timeout_s: float = 10) -> Iterator[psycopg.Connection]:
     try:
         with services().pool.connection(timeout=timeout_s) as conn:
             yield conn
+    except psycopg.errors.QueryCanceled:
+        limit = services().settings.api_statement_timeout_s
+        raise QueryTimeout(
+            f"the query ran past API_STATEMENT_TIMEOUT_S ({limit:g} s): narrow the time "
+            "range or the area"
+        ) from None
     except (PoolTimeout, psycopg.OperationalError) as exc:
         raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
 

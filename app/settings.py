@@ -86,6 +86,13 @@ class Settings:
     max_bbox_area_deg2: float = 400.0
     max_range_s: int = 31 * 86400
     export_max_rows: int = 1_000_000
+    # exports streaming at once per web process (each holds a database connection)
+    export_max_concurrent: int = 4
+    # an export whose client reads nothing for this long is cut off (its transaction
+    # would otherwise hold the lock that creating the next day's partition waits for)
+    export_stall_s: float = 60.0
+    # the longest an API query may run (analytics over a month of history, say): 503
+    api_statement_timeout_s: float = 30.0
     max_sockets_per_token: int = 20
     ws_max_messages_per_s: float = 20.0
     max_polygon_vertices: int = 10_000
@@ -157,6 +164,7 @@ class Settings:
             "TOKEN_TTL_S", "MAX_PINGS_PER_REQUEST", "MAX_BODY_BYTES", "MAX_BBOX_AREA_DEG2",
             "MAX_RANGE_S", "EXPORT_MAX_ROWS", "MAX_SOCKETS_PER_TOKEN", "WS_MAX_MESSAGES_PER_S",
             "MAX_POLYGON_VERTICES", "SINK_BATCH_MAX", "LIVE_BATCH_MAX",
+            "EXPORT_MAX_CONCURRENT", "EXPORT_STALL_S", "API_STATEMENT_TIMEOUT_S",
         ):  # fmt: skip
             if getattr(self, ENV_NAMES[env_name]) <= 0:
                 raise SettingsError(f"{env_name} must be positive")
@@ -219,6 +227,9 @@ ENV_NAMES: dict[str, str] = {
     "MAX_BBOX_AREA_DEG2": "max_bbox_area_deg2",
     "MAX_RANGE_S": "max_range_s",
     "EXPORT_MAX_ROWS": "export_max_rows",
+    "EXPORT_MAX_CONCURRENT": "export_max_concurrent",
+    "EXPORT_STALL_S": "export_stall_s",
+    "API_STATEMENT_TIMEOUT_S": "api_statement_timeout_s",
     "MAX_SOCKETS_PER_TOKEN": "max_sockets_per_token",
     "WS_MAX_MESSAGES_PER_S": "ws_max_messages_per_s",
     "MAX_POLYGON_VERTICES": "max_polygon_vertices",

@@ -191,6 +191,30 @@ def test_the_indexer_thread_retries_after_an_outage(history):
     assert not indexer.is_alive()
 
 
+def test_the_indexer_thread_keeps_the_day_partitions_ahead(history):
+    """Every pass makes the days up to PARTITION_DAYS_AHEAD, so the sink never has to
+    create one at midnight (the lock that takes could wait behind a long reader)."""
+    today = datetime.now(UTC).date()
+    ahead = [name(today + timedelta(days=n)) for n in (1, 2, 3)]
+    with psycopg.connect(history.database_url, autocommit=True) as conn:
+        for table in ahead:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+    stop = threading.Event()
+    indexer = GeomIndexer(history.with_(partition_days_ahead=3, geom_index_check_s=0.05), stop)
+    indexer.start()
+    wait_until(lambda: indexer.passes >= 1, timeout=30)
+    stop.set()
+    indexer.join(timeout=10)
+    with psycopg.connect(history.database_url) as conn:
+        found = {
+            r[0]
+            for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relname = ANY(%s)", (ahead,)
+            ).fetchall()
+        }
+    assert found == set(ahead)
+
+
 class SinkProcess:
     """``heatreplay sink``'s entry point (the sink and the index builder beside it)."""
 
