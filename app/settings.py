@@ -154,6 +154,27 @@ class Settings:
             raise SettingsError(f"GEOM_INDEX must be one of {', '.join(GEOM_INDEX_MODES)}")
         if self.geom_index_after_s < 0 or self.geom_index_check_s <= 0:
             raise SettingsError("GEOM_INDEX_AFTER_S must be >= 0 and GEOM_INDEX_CHECK_S > 0")
+        if self.group_live == self.group_sink:
+            # one group would split the partitions between the two consumers: history
+            # and the live map would each miss about half the drivers
+            raise SettingsError("GROUP_LIVE and GROUP_SINK must differ")
+        if self.topic_pings == self.topic_dlq:
+            raise SettingsError("TOPIC_PINGS and TOPIC_DLQ must differ")
+        for env_name, low, high in (
+            # a consumer that may wait 0 s for a batch never polls the broker
+            ("SINK_BATCH_WAIT_S", 0.001, 60.0),
+            ("LIVE_BATCH_WAIT_S", 0.001, 60.0),
+            ("PRODUCE_TIMEOUT_S", 0.1, 300.0),  # librdkafka refuses less than a few ms
+            ("GEOM_INDEX_CHECK_S", 0.01, 86400.0),
+            ("REPLAY_DEFAULT_SPEED", 1.0, 3600.0),
+            ("REPLAY_DEFAULT_STEP_S", 1.0, 86400.0),
+            ("REPLAY_MAX_FPS", 1.0, 120.0),
+        ):
+            value = getattr(self, ENV_NAMES[env_name])
+            if not low <= value <= high:  # also refuses nan
+                raise SettingsError(f"{env_name} must be between {low:g} and {high:g}")
+        if self.retention_days < 0:
+            raise SettingsError("RETENTION_DAYS must be >= 0 (0 keeps everything)")
         if self.topic_partitions < 1 or self.topic_replication < 1:
             raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be >= 1")
         for env_name in ("TOPIC_RETENTION_MS", "DLQ_RETENTION_MS"):

@@ -121,6 +121,10 @@ def run_up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # a closed terminal or a lost SSH session: stop everything as on Ctrl-C (SIGHUP's
+    # default would end this process alone and leave gunicorn, which takes SIGHUP as
+    # "reload", holding the port)
+    signal.signal(signal.SIGHUP, on_signal)
     try:
         if broker_reachable(settings, timeout_s=2):
             say(f"· using the Kafka broker at {settings.kafka_bootstrap}")

@@ -185,3 +185,26 @@ def test_kafka_compression_is_one_librdkafka_knows_and_reaches_the_producer():
     assert producer_config(chosen)["compression.type"] == "lz4"
     with pytest.raises(SettingsError, match=r"^KAFKA_COMPRESSION must be one of none, lz4"):
         load_settings({"KAFKA_COMPRESSION": "brotli"}, dotenv=None)
+
+
+@pytest.mark.parametrize(
+    ("env_overrides", "reason"),
+    [
+        ({"GROUP_LIVE": "g", "GROUP_SINK": "g"}, "GROUP_LIVE and GROUP_SINK must differ"),
+        ({"TOPIC_PINGS": "t", "TOPIC_DLQ": "t"}, "TOPIC_PINGS and TOPIC_DLQ must differ"),
+        ({"LIVE_BATCH_WAIT_S": "0"}, "LIVE_BATCH_WAIT_S must be between"),
+        ({"SINK_BATCH_WAIT_S": "-1"}, "SINK_BATCH_WAIT_S must be between"),
+        ({"PRODUCE_TIMEOUT_S": "0.001"}, "PRODUCE_TIMEOUT_S must be between"),
+        ({"GEOM_INDEX_CHECK_S": "inf"}, "GEOM_INDEX_CHECK_S must be between"),
+        ({"REPLAY_MAX_FPS": "0"}, "REPLAY_MAX_FPS must be between"),
+        ({"REPLAY_DEFAULT_STEP_S": "0"}, "REPLAY_DEFAULT_STEP_S must be between"),
+        ({"REPLAY_DEFAULT_SPEED": "nan"}, "REPLAY_DEFAULT_SPEED must be between"),
+        ({"RETENTION_DAYS": "-1"}, "RETENTION_DAYS must be >= 0"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_start(env_overrides, reason):
+    """Each of these was accepted and broke a worker later: a consumer that never polls
+    (wait 0), one group splitting the partitions between live and sink, dead letters
+    produced back into pings, a division by zero on every replay socket."""
+    with pytest.raises(SettingsError, match=reason):
+        load_settings(env_overrides, dotenv=None)
