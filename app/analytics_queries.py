@@ -47,12 +47,17 @@ def compose(template: LiteralString, area: Area | None) -> sql.Composed:
 
 
 def check_area(conn: psycopg.Connection, area: Area, settings: Settings) -> None:
-    """A polygon must be valid for PostGIS and no larger than MAX_BBOX_AREA_DEG2."""
+    """A polygon must be valid for PostGIS, and neither it nor its extent (what a query
+    over it scans: a ring around the world with a hole is small but covers everything)
+    larger than MAX_BBOX_AREA_DEG2."""
     if area.bbox is not None:
         return
     try:
         row = conn.execute(
-            "SELECT ST_IsValid(g), ST_IsValidReason(g), ST_Area(g) "
+            # each polygon's extent (a MultiPolygon split at the antimeridian counts its
+            # two parts, not the world between them)
+            "SELECT ST_IsValid(g), ST_IsValidReason(g), greatest(ST_Area(g), "
+            "(SELECT sum(ST_Area(ST_Envelope((d).geom))) FROM ST_Dump(g) AS d)) "
             "FROM (SELECT ST_GeomFromGeoJSON(%s) AS g) AS a",
             (area.geojson,),
             prepare=False,
@@ -65,7 +70,7 @@ def check_area(conn: psycopg.Connection, area: Area, settings: Settings) -> None
         raise InvalidPolygon(f"the polygon is not valid: {reason}", field="polygon", reason=reason)
     if size > settings.max_bbox_area_deg2:
         raise LimitExceeded(
-            f"the polygon covers {size:g} square degrees; at most "
+            f"the polygon's extent covers {size:g} square degrees; at most "
             f"{settings.max_bbox_area_deg2:g} (MAX_BBOX_AREA_DEG2)",
             field="polygon",
             limit=settings.max_bbox_area_deg2,

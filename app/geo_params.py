@@ -144,6 +144,8 @@ def bbox_area(value: Any, settings: Settings) -> Area | None:
     if bbox.south <= -90 or bbox.north >= 90:
         raise UnsupportedArea("the bbox reaches a pole; keep latitudes inside (-90, 90)")
     w, s, e, n = bbox.as_list()
+    if w == e and s == n:  # PostGIS finds no point in a polygon collapsed to one
+        raise UnsupportedArea("the bbox is a single point; give it a width or a height")
     ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
     return Area(json.dumps({"type": "Polygon", "coordinates": [ring]}), "bbox", bbox)
 
@@ -205,7 +207,10 @@ def _ring(ring: Any) -> list[list[float]]:
             or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in pos[:2])
         ):
             raise InvalidGeoJson("a position is [lon, lat] numbers", field="polygon")
-        lon, lat = float(pos[0]), float(pos[1])
+        try:
+            lon, lat = float(pos[0]), float(pos[1])
+        except OverflowError:  # an integer of hundreds of digits
+            raise InvalidGeoJson("coordinates must be finite", field="polygon") from None
         if not (math.isfinite(lon) and math.isfinite(lat)):
             raise InvalidGeoJson("coordinates must be finite", field="polygon")
         if not (-180 <= lon <= 180 and -90 <= lat <= 90):

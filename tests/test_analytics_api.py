@@ -343,6 +343,18 @@ ACROSS_180 = {
 }
 POLE = {"type": "Polygon", "coordinates": [[[0, 80], [10, 80], [10, 90], [0, 80]]]}
 HUGE = {"type": "Polygon", "coordinates": [[[0, 0], [30, 0], [30, 30], [0, 0]]]}
+# small in area (a frame 0.1 degree wide), but its extent is most of the world
+FRAME = {
+    "type": "Polygon",
+    "coordinates": [
+        [[-170, -80], [0, -80], [170, -80], [170, 80], [0, 80], [-170, 80], [-170, -80]],
+        [
+            *([-169.9, -79.9], [-169.9, 79.9], [0, 79.9], [169.9, 79.9]),
+            *([169.9, -79.9], [0, -79.9], [-169.9, -79.9]),
+        ],
+    ],
+}
+HUGE_NUMBER = '{"type":"Polygon","coordinates":[[[1' + "0" * 400 + ",0],[1,0],[1,1],[0,0]]]}"
 MANY = {
     "type": "Polygon",
     "coordinates": [[[i * 0.001, 0] for i in range(60)] + [[0, 0.01], [0, 0]]],
@@ -396,6 +408,9 @@ RNG = {"from": T0_ISO, "to": TO_ISO}
         ({**RNG, "polygon": json.dumps(ACROSS_180)}, 422, "unsupported_area", "antimeridian"),
         ({**RNG, "polygon": json.dumps(POLE)}, 422, "unsupported_area", "pole"),
         ({**RNG, "polygon": json.dumps(HUGE)}, 422, "limit_exceeded", "square degrees"),
+        ({**RNG, "polygon": json.dumps(FRAME)}, 422, "limit_exceeded", "extent covers"),
+        ({**RNG, "polygon": HUGE_NUMBER}, 400, "invalid_geojson", "finite"),
+        ({**RNG, "bbox": "3.37,6.51,3.37,6.51"}, 422, "unsupported_area", "single point"),
         ({**RNG, "polygon": json.dumps(MANY)}, 422, "limit_exceeded", "MAX_POLYGON_VERTICES"),
         (
             {**RNG, "polygon": json.dumps(CELL_POLYGON), "bbox": CELL_BBOX},
