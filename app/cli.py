@@ -29,6 +29,15 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
 
+def _positive_duration(
+    _ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """A duration option checked before any work starts (not after a first pass)."""
+    if value is not None and parse_duration(value).total_seconds() <= 0:
+        raise click.BadParameter("must be longer than 0s", param=param)
+    return value
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,8 +55,19 @@ def main() -> None:
 
 @main.command()
 @click.option("--no-simulate", is_flag=True, help="Do not start the simulator.")
-@click.option("--drivers", default=300, show_default=True, help="Simulated drivers.")
-@click.option("--backfill", default=None, help="Fill this much past history first, e.g. 24h.")
+@click.option(
+    "--drivers",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Simulated drivers.",
+)
+@click.option(
+    "--backfill",
+    default=None,
+    callback=_positive_duration,
+    help="Fill this much past history first, e.g. 24h.",
+)
 def up(no_simulate: bool, drivers: int, backfill: str | None) -> None:
     """Migrate, start what is missing, run everything, print the URL; Ctrl-C stops."""
     from app.up import SetupError, run_up
@@ -92,7 +112,12 @@ def topics(wait: float) -> None:
 @main.command()
 @click.option("--days", type=click.IntRange(min=0), default=None, help="Default RETENTION_DAYS.")
 @click.option("--dry-run", is_flag=True, help="List what would be dropped; drop nothing.")
-@click.option("--every", default=None, help="Repeat at this interval (e.g. 1h) until stopped.")
+@click.option(
+    "--every",
+    default=None,
+    callback=_positive_duration,
+    help="Repeat at this interval (e.g. 1h) until stopped.",
+)
 def retention(days: int | None, dry_run: bool, every: str | None) -> None:
     """Drop day partitions of raw pings older than N days; rollups are kept."""
     from app.retention import apply_retention
@@ -198,12 +223,27 @@ def token(role: str, ttl: str | None) -> None:
 
 @main.command()
 @click.option("--url", default=None, help="Base URL of the service (default from WEB_PORT).")
-@click.option("--drivers", default=300, show_default=True)
+@click.option("--drivers", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--seed", default=42, show_default=True)
-@click.option("--backfill", default=None, help="Post this much past history first, e.g. 24h.")
+@click.option(
+    "--backfill",
+    default=None,
+    callback=_positive_duration,
+    help="Post this much past history first, e.g. 24h.",
+)
 @click.option("--then-live", is_flag=True, help="After the backfill, keep posting live.")
-@click.option("--interval", default=None, type=float, help="Seconds between a driver's pings.")
-@click.option("--duration", default=None, help="Stop after this long (live mode), e.g. 10m.")
+@click.option(
+    "--interval",
+    default=None,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between a driver's pings (live mode).",
+)
+@click.option(
+    "--duration",
+    default=None,
+    callback=_positive_duration,
+    help="Stop after this long (live mode), e.g. 10m.",
+)
 def simulate(
     url: str | None,
     drivers: int,

@@ -208,3 +208,28 @@ def test_values_that_would_fail_later_are_refused_at_start(env_overrides, reason
     produced back into pings, a division by zero on every replay socket."""
     with pytest.raises(SettingsError, match=reason):
         load_settings(env_overrides, dotenv=None)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["retention", "--every", "1x"],
+        ["retention", "--every", "0s"],
+        ["up", "--drivers", "0"],
+        ["up", "--backfill", "0h"],
+        ["simulate", "--interval", "0"],
+        ["simulate", "--duration", "soon"],
+    ],
+)
+def test_bad_command_line_values_are_refused_before_any_work(args):
+    """Exit 2 with click's usage error, and nothing done first (retention used to run
+    one dropping pass before it read --every; up printed its URL, then the simulator
+    failed on --drivers 0 and took everything down)."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert "retention:" not in result.output and "heatreplay is up" not in result.output
