@@ -4,8 +4,11 @@ from a request). Contract and error catalogue: docs/analytics.md."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from flask import Blueprint, current_app, request
 
 from app import analytics_queries as q
@@ -28,6 +31,16 @@ from app.settings import Settings
 from replay.heat import cell_bounds, iso_ms
 
 bp = Blueprint("analytics", __name__, url_prefix="/api/analytics")
+
+
+@contextmanager
+def snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    """Several queries of one answer read one snapshot (a batch the sink commits between
+    them cannot make them disagree)."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
 
 MAX_STEPS = 10_000  # points in one activity answer
 MAX_TOP = 1_000
@@ -78,8 +91,9 @@ def get_activity() -> Any:
         )
     with history_connection() as conn:
         q.check_area(conn, area, _settings())
-        counts = q.activity(conn, area, rng, step) if steps else {}
-        pings, drivers = q.activity_totals(conn, area, rng) if steps else (0, 0)
+        with snapshot(conn):  # the totals are the points' sums, whatever the sink commits
+            counts = q.activity(conn, area, rng, step) if steps else {}
+            pings, drivers = q.activity_totals(conn, area, rng) if steps else (0, 0)
     points = [
         [iso_ms(rng.start_ms + k * step * 1000), *counts.get(k, (0, 0))] for k in range(steps)
     ]
@@ -123,7 +137,7 @@ def get_driver_path(driver_id: str) -> Any:
     fmt = request.args.get("format") or "feature"
     if fmt not in ("feature", "collection"):
         raise InvalidParameter("format must be 'feature' or 'collection'", field="format")
-    with history_connection() as conn:
+    with history_connection() as conn, snapshot(conn):  # distance_m is of these points
         points, distance_m = q.driver_path(conn, driver_id, rng, PATH_MAX_POINTS)
     coords = [[p.lon, p.lat] for p in points]
     geometry: dict[str, Any] | None = None

@@ -122,3 +122,34 @@ def test_a_query_past_the_statement_timeout_is_503_query_timeout(history: Settin
         assert sum(cell["pings"] for cell in r.get_json()["cells"]) == 200_000
     finally:
         app.extensions["heatreplay"].close()
+
+
+def test_activity_totals_are_the_sums_of_its_points_while_the_sink_commits(
+    history: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink commit between the points query and the totals query (injected: a ping
+    committed from another connection right then) must not make them disagree."""
+    from app import analytics_queries
+
+    original = analytics_queries.activity_totals
+
+    def totals_after_a_commit(conn: psycopg.Connection, *args: Any) -> tuple[int, int]:
+        with psycopg.connect(history.database_url, autocommit=True) as other:
+            other.execute(
+                "INSERT INTO pings (ts, driver_id, geom, geohash) VALUES "
+                "(%s, 'late', ST_SetSRID(ST_MakePoint(3.35, 6.55), 4326), 's14mh9nb')",
+                (f"{DAY}T01:00:00Z",),
+            )
+        return original(conn, *args)
+
+    monkeypatch.setattr(analytics_queries, "activity_totals", totals_after_a_commit)
+    app, headers = _app(history)
+    try:
+        r = app.test_client().get(
+            "/api/analytics/activity", query_string={**AREA, "step": 3600}, headers=headers
+        )
+        body = r.get_json()
+        assert r.status_code == 200, body
+        assert body["pings"] == sum(p[1] for p in body["points"]) == 200_000
+    finally:
+        app.extensions["heatreplay"].close()
