@@ -72,8 +72,6 @@ def up(no_simulate: bool, drivers: int, backfill: str | None) -> None:
     """Migrate, start what is missing, run everything, print the URL; Ctrl-C stops."""
     from app.up import SetupError, run_up
 
-    if backfill:
-        parse_duration(backfill)
     try:
         code = run_up(_settings(), simulate=not no_simulate, drivers=drivers, backfill=backfill)
     except SetupError as exc:
@@ -124,6 +122,7 @@ def retention(days: int | None, dry_run: bool, every: str | None) -> None:
 
     settings = _settings()
     stop = _stop_on_signals()
+    interval_s = parse_duration(every).total_seconds() if every else None
     while True:
         result = apply_retention(settings, days=days, dry_run=dry_run)
         verb = "would drop" if dry_run else "dropped"
@@ -134,7 +133,7 @@ def retention(days: int | None, dry_run: bool, every: str | None) -> None:
                 f"retention: {verb} {len(result.dropped)} partition(s) before "
                 f"{result.cutoff}: {' '.join(result.dropped) or '-'}"
             )
-        if every is None or stop.wait(parse_duration(every).total_seconds()):
+        if interval_s is None or stop.wait(interval_s):
             return
 
 

@@ -13,11 +13,10 @@ import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import redis
 from flask import Blueprint, current_app, request
 
 from app.auth import require_role
-from app.errors import NotFound, ServiceUnavailable
+from app.errors import NotFound
 from app.geo_params import parse_driver_id, parse_int
 from app.live_counts import LiveCounts
 from app.services import history_connection, services
@@ -64,10 +63,8 @@ def get_driver(driver_id: str) -> Any:
     raw_t = request.args.get("t")
     if raw_t is None or raw_t == "":
         mode, t = "live", int(time.time() * 1000)
-        try:
-            found = live_driver(services().live, driver_id, t)
-        except redis.RedisError as exc:
-            raise ServiceUnavailable(f"the live state is unavailable: {exc}") from None
+        # Redis unreachable: a 503, as for every route (app.errors)
+        found = live_driver(services().live, driver_id, t)
     else:
         mode, t = "replay", parse_time_ms(raw_t, "t")
         with history_connection() as conn:

@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from typing import Any, LiteralString
 
 import psycopg
-from flask import Flask, Response, current_app
+from flask import Response
 
 from app.analytics_queries import compose, range_params
 from app.db import api_options
 from app.errors import ServiceUnavailable
 from app.geo_params import Area, TimeRange
+from app.services import per_app
 from app.settings import Settings
 
 FETCH_ROWS = 5_000
@@ -53,20 +54,6 @@ def truncation_message(max_rows: int) -> str:
         f"export stopped at EXPORT_MAX_ROWS={max_rows} rows; more rows match: "
         "narrow the bbox or the time range"
     )
-
-
-_slots_lock = threading.Lock()
-
-
-def export_slots(app: Flask, settings: Settings) -> threading.BoundedSemaphore:
-    """This process's export slots (``EXPORT_MAX_CONCURRENT``)."""
-    with _slots_lock:
-        slots = app.extensions.get("heatreplay_exports")
-        if slots is None:
-            slots = app.extensions["heatreplay_exports"] = threading.BoundedSemaphore(
-                settings.export_max_concurrent
-            )
-    return slots  # type: ignore[no-any-return]
 
 
 class RowStream:
@@ -176,7 +163,11 @@ def _geojson(stream: RowStream) -> Iterator[str]:
 
 def export_response(settings: Settings, fmt: str, area: Area, rng: TimeRange) -> Response:
     """``fmt`` is "csv" or "geojson" (checked by the caller)."""
-    slots = export_slots(current_app._get_current_object(), settings)  # type: ignore[attr-defined]
+    # this process's export slots
+    slots = per_app(
+        "heatreplay.exports",
+        lambda _app: threading.BoundedSemaphore(settings.export_max_concurrent),
+    )
     if fmt == "csv":
         stream = RowStream(settings, CSV_ROW, area, rng, slots)
         body, mimetype, ext = _Body(stream, _csv(stream)), "text/csv", "csv"

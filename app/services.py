@@ -4,13 +4,13 @@ gunicorn forks) and closed at exit."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import redis
-from flask import current_app
+from flask import Flask, current_app
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.db import make_pool
@@ -110,6 +110,22 @@ def history_connection(timeout_s: float = 10) -> Iterator[psycopg.Connection]:
         ) from None
     except (PoolTimeout, psycopg.OperationalError) as exc:
         raise ServiceUnavailable(f"the history database is unavailable: {exc}") from None
+
+
+T = TypeVar("T")
+_per_app_lock = threading.Lock()
+
+
+def per_app(name: str, make: Callable[[Flask], T]) -> T:
+    """The object ``make(app)`` built once for this app (this process), under a lock."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    found = app.extensions.get(name)
+    if found is None:
+        with _per_app_lock:
+            found = app.extensions.get(name)
+            if found is None:
+                found = app.extensions[name] = make(app)
+    return found  # type: ignore[no-any-return]
 
 
 def services() -> Services:

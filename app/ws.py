@@ -17,9 +17,9 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Flask, current_app, request
 from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
@@ -27,7 +27,7 @@ from simple_websocket import ConnectionClosed  # type: ignore[import-untyped]
 from app.auth import check_token
 from app.errors import ApiError
 from app.limits import SLOT_LEASE_S, SocketSlots, TokenBucket, TooManySockets, token_id
-from app.services import services
+from app.services import per_app, services
 from app.settings import Settings
 from app.ws_frames import WireMessage, send_message, wire_form
 
@@ -43,9 +43,6 @@ CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455's "try again later": this process is fu
 # the socket's write lock, and with it simple-websocket's pings (the only thing that
 # drops dead clients), the handler, and the socket's place in the process.
 WRITE_STALL_S = 30.0
-
-_slots_lock = threading.Lock()
-T = TypeVar("T")
 
 
 def send_json(ws: Any, message: dict[str, Any]) -> None:
@@ -104,18 +101,6 @@ def authenticate(ws: Any, role: str) -> tuple[dict[str, Any], str] | None:
         return None
 
 
-def _per_app(name: str, make: Callable[[Flask], T]) -> T:
-    """The object ``make(app)`` built once for this app (this process), under a lock."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    found = app.extensions.get(name)
-    if found is None:
-        with _slots_lock:
-            found = app.extensions.get(name)
-            if found is None:
-                found = app.extensions[name] = make(app)
-    return found  # type: ignore[no-any-return]
-
-
 def socket_slots() -> SocketSlots:
     """This app's (this process's) sockets-per-token accounting."""
 
@@ -128,7 +113,7 @@ def socket_slots() -> SocketSlots:
             float(app.config.get("SOCKET_SLOT_LEASE_S", SLOT_LEASE_S)),
         )
 
-    return _per_app("heatreplay.socket_slots", make)
+    return per_app("heatreplay.socket_slots", make)
 
 
 class ProcessSockets:
@@ -160,9 +145,7 @@ class ProcessSockets:
 
 
 def process_sockets() -> ProcessSockets:
-    return _per_app(
-        "heatreplay.process_sockets", lambda app: ProcessSockets(app.config["SETTINGS"])
-    )
+    return per_app("heatreplay.process_sockets", lambda app: ProcessSockets(app.config["SETTINGS"]))
 
 
 class WsSession:

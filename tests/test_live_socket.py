@@ -241,10 +241,11 @@ def test_live_frame_with_redis_down_is_503_json(settings):
     app = create_app(settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     try:
         headers = {"Authorization": f"Bearer {mint_token(settings, 'viewer')}"}
-        r = app.test_client().get("/api/live", headers=headers)
-        assert r.status_code == 503, r.get_data()
-        assert r.get_json()["error"] == "unavailable"
-        assert "live state is unavailable" in r.get_json()["message"]
-        assert int(r.headers["Retry-After"]) >= 1
+        for path in ("/api/live", "/api/drivers/drv-1"):
+            r = app.test_client().get(path, headers=headers)
+            assert r.status_code == 503, (path, r.get_data())
+            assert r.get_json()["error"] == "unavailable"
+            assert "live state is unavailable" in r.get_json()["message"]
+            assert int(r.headers["Retry-After"]) >= 1
     finally:
         app.extensions["heatreplay"].close()

@@ -189,14 +189,13 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             // cursor after a view change) are drawn: a frame the server sent just
             // before it read "pause" must not move the clock on.
             awaiting: new Set(),
-            // After a (re)connect that resumes mid-range, the stream's first frame (at
-            // from) is skipped until the resume frame comes.
-            resuming: null,
             serving: false, // a frame or state arrived on this connection
             urlView: '', // the view the socket URL carried
             seekTarget: startAt, // the newest seek asked for (sent when the throttle allows)
             seekTimer: null,
-            seekInFlight: null, // the last seek sent whose frame has not come yet
+            // the last seek sent whose frame has not come yet: frames before it (the
+            // stream's start after a reconnect that resumes mid-range) are skipped
+            seekInFlight: null,
             lastSeekSent: 0,
             conn: 'connecting',
         };
@@ -220,9 +219,8 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
                 if (s.paused) s.socket.send({ op: 'pause' });
                 // A reconnect (or a start mid-range) continues where we were.
                 s.awaiting = new Set([s.resumeAt]);
-                s.resuming = s.resumeAt > s.from ? s.resumeAt : null;
-                s.seekInFlight = s.resuming;
-                if (s.resuming !== null) s.socket.send({ op: 'seek', t: s.resumeAt });
+                s.seekInFlight = s.resumeAt > s.from ? s.resumeAt : null;
+                if (s.seekInFlight !== null) s.socket.send({ op: 'seek', t: s.resumeAt });
                 // the map moved while the socket was connecting: the URL's view is stale
                 const view = getView();
                 if (JSON.stringify(view) !== s.urlView) {
@@ -254,10 +252,6 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
         }
         if (msg.type === 'frame') {
             const t = parseTime(msg.t);
-            if (s.resuming !== null) {
-                if (t !== s.resuming) return; // the stream's start, before our seek
-                s.resuming = null;
-            }
             if (s.paused) {
                 if (!s.awaiting.has(t)) return; // sent before the server saw our pause
                 s.awaiting.delete(t);
@@ -290,8 +284,7 @@ export function createReplay({ getView, onFrame, onState, onServerError, onAuthE
             s.socket.stop(); // a later play or seek reconnects
             publish();
         } else if (msg.type === 'error') {
-            s.resuming = null; // a refused seek: take the stream as it comes
-            s.seekInFlight = null;
+            s.seekInFlight = null; // a refused seek: take the stream as it comes
             if (!isAuthMessage(msg)) onServerError(msg.message || msg.error || 'replay error');
         }
     }
