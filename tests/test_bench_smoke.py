@@ -15,14 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 ITEMS = ("e2e", "latency", "replay", "fanout", "memory")
 
 
-def _positive(figures: dict[str, Any], *path: str) -> float:
+def _number(figures: dict[str, Any], *path: str) -> float:
     value: Any = figures
     for key in path:
         assert isinstance(value, dict) and key in value, f"missing {'.'.join(path)}"
         value = value[key]
     assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
-    assert value > 0, (path, value)
+    assert value >= 0, (path, value)
     return float(value)
+
+
+def _positive(figures: dict[str, Any], *path: str) -> float:
+    value = _number(figures, *path)
+    assert value > 0, (path, value)
+    return value
 
 
 def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
@@ -172,7 +178,9 @@ def test_the_index_growth_bench_reports_each_mode_and_the_same_answers() -> None
     for f in (immediate, deferred):
         assert [w["rows_in_partition"] for w in f["windows"]] == [10_000, 20_000]
         for w in f["windows"]:
-            _positive(w, "backend_us_per_row")
+            # CPU time is read in clock ticks (10 ms): 10,000 rows into a table with no
+            # spatial index can take less than one tick on a fast machine
+            _number(w, "backend_us_per_row")
     _positive(deferred, "build_s")
     assert "build_s" not in immediate
     day = deferred["indexed_box_day_pings"]
