@@ -136,20 +136,22 @@ class PathPoint:
     heading: float | None
 
 
+# a closed day answers this through its (driver_id, ts) index (app/driver_index.py)
+PATH_POINTS_SQL: LiteralString = (
+    "SELECT (extract(epoch FROM ts) * 1000)::bigint, ST_X(geom), ST_Y(geom),"
+    " speed_kmh, heading FROM pings"
+    " WHERE driver_id = %(driver)s AND ts >= %(t0)s AND ts < %(t1)s"
+    " ORDER BY ts, geohash LIMIT %(limit)s"
+)
+
+
 def driver_path(
     conn: psycopg.Connection, driver_id: str, rng: TimeRange, max_points: int
 ) -> tuple[list[PathPoint], float]:
     """The driver's pings in time order (ties by geohash, as the tracks view) and the
     geodesic length of the line through them in metres (WGS 84 spheroid)."""
     params = range_params(rng, None) | {"driver": driver_id, "limit": max_points + 1}
-    rows = conn.execute(
-        "SELECT (extract(epoch FROM ts) * 1000)::bigint, ST_X(geom), ST_Y(geom),"
-        " speed_kmh, heading FROM pings"
-        " WHERE driver_id = %(driver)s AND ts >= %(t0)s AND ts < %(t1)s"
-        " ORDER BY ts, geohash LIMIT %(limit)s",
-        params,
-        prepare=False,
-    ).fetchall()
+    rows = conn.execute(PATH_POINTS_SQL, params, prepare=False).fetchall()
     if len(rows) > max_points:
         raise LimitExceeded(
             f"the path has more than {max_points} points; narrow the time range",

@@ -139,7 +139,9 @@ def retention(days: int | None, dry_run: bool, every: str | None) -> None:
 
 @main.command("geom-index")
 def geom_index() -> None:
-    """Build the spatial index of every day partition that is due one (GEOM_INDEX)."""
+    """Build the indexes day partitions are due: the spatial one (GEOM_INDEX), then a
+    closed day's (driver_id, ts) one."""
+    from app.driver_index import driver_index_due
     from app.geom_index import index_due
 
     settings = _settings()
@@ -147,6 +149,10 @@ def geom_index() -> None:
     for b in built:
         click.echo(f"geom index: {b.partition} built in {b.seconds:.1f} s")
     click.echo(f"geom index: {len(built)} partition(s) built (GEOM_INDEX={settings.geom_index})")
+    drivers = driver_index_due(settings, progress=click.echo)
+    for b in drivers:
+        click.echo(f"driver index: {b.partition} built in {b.seconds:.1f} s")
+    click.echo(f"driver index: {len(drivers)} partition(s) built")
 
 
 @main.command("live-worker")

@@ -24,64 +24,48 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 
 import psycopg
 from psycopg import sql
 
 from app.db import ensure_partitions_ahead
+from app.driver_index import driver_index_due
+from app.index_builds import (
+    MAINTENANCE_WORK_MEM,
+    Built,
+    closed_for,
+    day_end,
+    drop_invalid,
+    retained_from,
+    run_pass,
+    valid_index_on,
+)
 from app.retention import day_partitions
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# pg_try_advisory_lock key of the builder: one at a time per database
-LOCK_KEY = 0x6865617467656F  # "heatgeo"
-MAINTENANCE_WORK_MEM = "256MB"  # the sorted build's sort memory (PostgreSQL default 64MB)
-
-
-@dataclass(frozen=True)
-class Built:
-    partition: str
-    seconds: float
-
 
 def indexed_partitions(conn: psycopg.Connection) -> set[str]:
     """Day partitions with a valid index on ``geom``."""
-    rows = conn.execute(
-        "SELECT DISTINCT c.relname FROM pg_inherits i "
-        "JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_index x ON x.indrelid = c.oid AND x.indisvalid "
-        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (x.indkey) "
-        "WHERE i.inhparent = 'pings'::regclass AND a.attname = 'geom'"
-    ).fetchall()
-    return {name for (name,) in rows}
-
-
-def _day_end(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+    return valid_index_on(conn, "geom")
 
 
 def due_partitions(
-    conn: psycopg.Connection, settings: Settings, now: datetime | None = None
+    conn: psycopg.Connection, settings: Settings, now: datetime
 ) -> list[tuple[str, date]]:
     """Partitions (name, day) lacking a valid spatial index that should have one now,
     newest day first (the days analysts look at soonest): every such partition when
     immediate; when deferred, those whose day ended at least ``geom_index_after_s`` ago.
     Days that retention (``RETENTION_DAYS``) is about to drop are left alone."""
-    now = now or datetime.now(UTC)
     indexed = indexed_partitions(conn)
-    keep_from = (
-        now.date() - timedelta(days=settings.retention_days) if settings.retention_days else None
-    )
+    keep_from = retained_from(settings, now)
     due = []
     for name, day in day_partitions(conn).items():
         if name in indexed or (keep_from is not None and day < keep_from):
             continue
-        if settings.geom_index == "immediate" or (
-            _day_end(day) + timedelta(seconds=settings.geom_index_after_s) <= now
-        ):
+        if settings.geom_index == "immediate" or closed_for(day, settings.geom_index_after_s, now):
             due.append((day, name))
     return [(name, day) for day, name in sorted(due, reverse=True)]
 
@@ -90,21 +74,14 @@ def build(conn: psycopg.Connection, partition: str, method: str = "gist") -> flo
     """An index on ``partition``'s ``geom`` (``gist``: one sorted pass, for a closed day;
     ``spgist``: cheaper to keep up row by row, for a day still taking inserts), built
     concurrently on an autocommit connection with ``MAINTENANCE_WORK_MEM`` for its sort.
-    Any invalid index on ``geom`` there, left
-    by a build cut off, is dropped first. The caller holds ``LOCK_KEY`` (``index_due``)
-    or knows no other builder runs. Seconds taken."""
+    Any invalid index on ``geom`` there, left by a build cut off, is dropped first. The
+    caller holds ``LOCK_KEY`` (``index_due``) or knows no other builder runs. Seconds
+    taken."""
     if method not in ("gist", "spgist"):
         raise ValueError(f"no such index method here: {method}")
     started = time.perf_counter()
     conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(MAINTENANCE_WORK_MEM)))
-    invalid = conn.execute(
-        "SELECT x.indexrelid::regclass::text FROM pg_index x "
-        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) "
-        "WHERE x.indrelid = %s::regclass AND a.attname = 'geom' AND NOT x.indisvalid",
-        (partition,),
-    ).fetchall()
-    for (index,) in invalid:
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(index)))
+    drop_invalid(conn, partition, "geom")
     conn.execute(
         sql.SQL("CREATE INDEX CONCURRENTLY {} ON {} USING {} (geom)").format(
             sql.Identifier(f"{partition}_geom_{method}"),
@@ -115,53 +92,36 @@ def build(conn: psycopg.Connection, partition: str, method: str = "gist") -> flo
     return time.perf_counter() - started
 
 
+def _method(day: date, now: datetime) -> str:
+    return "gist" if day_end(day) <= now else "spgist"
+
+
 def index_due(
     settings: Settings,
     now: datetime | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Built]:
-    """One pass: build every due partition's index (GiST for a day that has ended,
-    SP-GiST for one still taking inserts). Returns what was built; nothing if another
-    builder holds the lock. A partition that fails (dropped by retention meanwhile, say)
-    is logged and left for the next pass."""
-    say = progress or (lambda line: log.info(line))
-    built: list[Built] = []
-    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-        if not (got and got[0]):
-            say("geom index: another builder is at work; nothing built")
-            return built
-        try:
-            at = now or datetime.now(UTC)
-            due = due_partitions(conn, settings, at)
-            for n, (partition, day) in enumerate(due, 1):
-                method = "gist" if _day_end(day) <= at else "spgist"
-                if progress:
-                    progress(f"geom index: building {partition} ({n}/{len(due)}, {method})")
-                try:
-                    seconds = build(conn, partition, method)
-                except psycopg.Error as exc:
-                    log.warning(
-                        "geom index: %s not built: %s", partition, exc,
-                        extra={"partition_table": partition},
-                    )  # fmt: skip
-                    continue
-                built.append(Built(partition, seconds))
-                log.info(
-                    "geom index: built %s in %.1f s", partition, seconds,
-                    extra={"partition_table": partition},
-                )  # fmt: skip
-        finally:
-            if not conn.closed:  # a lost connection released the lock with it
-                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-    return built
+    """One pass: build every due partition's spatial index (GiST for a day that has
+    ended, SP-GiST for one still taking inserts). Returns what was built; nothing if
+    another builder holds the lock. A partition that fails (dropped by retention
+    meanwhile, say) is logged and left for the next pass."""
+    return run_pass(
+        settings,
+        "geom index",
+        lambda conn, at: due_partitions(conn, settings, at),
+        lambda conn, partition, day, at: build(conn, partition, _method(day, at)),
+        _method,
+        now,
+        progress,
+    )
 
 
 class GeomIndexer(threading.Thread):
     """Every ``geom_index_check_s`` until ``stop``: the day partitions ahead
     (``ensure_partitions_ahead``: the sink then never creates one at midnight, when a
-    long reader could make it wait) and ``index_due``. An outage or a failed pass is
-    logged and tried again next time (ingest never waits for it)."""
+    long reader could make it wait), ``index_due`` (spatial) and ``driver_index_due``
+    (a driver's pings on closed days). An outage or a failed pass is logged and tried
+    again next time (ingest never waits for it)."""
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
         super().__init__(name="geom-indexer", daemon=True)
@@ -179,5 +139,9 @@ class GeomIndexer(threading.Thread):
                 index_due(self.settings)
             except Exception:
                 log.warning("geom index: pass failed", exc_info=True)
+            try:
+                driver_index_due(self.settings)
+            except Exception:
+                log.warning("driver index: pass failed", exc_info=True)
             self.passes += 1
             self.stop.wait(self.settings.geom_index_check_s)

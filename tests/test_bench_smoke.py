@@ -190,3 +190,19 @@ def test_the_index_growth_bench_reports_each_mode_and_the_same_answers() -> None
     arrival = index_growth.run("deferred", 20_000, 20_000, progress=False, spatial=False)
     assert (arrival["order"], deferred["order"]) == ("arrival order", "z-order")
     assert arrival["indexed_box_day_pings"] == day  # the same rows, in another order
+
+
+def test_the_driver_index_bench_reports_upkeep_build_and_the_path_both_ways() -> None:
+    """`python -m bench.driver_index` at a tiny size: 40,000 rows are two pings for each
+    of the 20,000 drivers, so the path it times has exactly two points with the index
+    and without it."""
+    from bench import driver_index
+
+    f = driver_index.run(rows=40_000, every=20_000, progress=False)
+    for key in ("kept_up", "brin_only"):
+        assert [w["rows_in_partition"] for w in f[key]] == [20_000, 40_000]
+        for w in f[key]:
+            _number(w, "backend_us_per_row")
+    assert f["path_points"] == 2
+    for key in ("path_ms_without", "path_ms_with", "build_s", "heap_mib", "index_mib"):
+        _number(f, key)

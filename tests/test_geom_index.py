@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.db import migrate
-from app.geom_index import LOCK_KEY, GeomIndexer, due_partitions, index_due, indexed_partitions
+from app.driver_index import driver_indexed_partitions
+from app.geom_index import GeomIndexer, due_partitions, index_due, indexed_partitions
+from app.index_builds import LOCK_KEY
 from app.kafka_io import PingProducer
 from app.ping import Ping
 from app.postgis_sink import run_sink
@@ -173,7 +175,9 @@ def test_the_cli_runs_one_pass_with_progress(history, monkeypatch):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"geom index: building {name(DAYS[2])} (1/3, gist)"
-    assert lines[-1] == "geom index: 3 partition(s) built (GEOM_INDEX=deferred)"
+    assert "geom index: 3 partition(s) built (GEOM_INDEX=deferred)" in lines
+    # then the closed days' driver indexes (app/driver_index.py, tests/test_driver_index.py)
+    assert lines[-1].startswith("driver index: ")
 
 
 def test_the_indexer_thread_retries_after_an_outage(history):
@@ -184,7 +188,9 @@ def test_the_indexer_thread_retries_after_an_outage(history):
     indexer.start()
     wait_until(lambda: indexer.passes >= 2, timeout=30)
     indexer.settings = history.with_(geom_index_check_s=0.05)  # PostgreSQL is back
-    with psycopg.connect(history.database_url) as conn:
+    # autocommit: a transaction left open after a query with parameters keeps its
+    # snapshot, and CREATE INDEX CONCURRENTLY waits for it to end
+    with psycopg.connect(history.database_url, autocommit=True) as conn:
         wait_until(lambda: len(ours(conn)) == 3, timeout=30)
     stop.set()
     indexer.join(timeout=10)
@@ -248,11 +254,14 @@ def test_a_deferred_sink_writes_days_unindexed_and_indexes_them_once_closed(
             lambda: conn.execute("SELECT count(*) FROM pings").fetchone() == (5,), timeout=60
         )
         wait_until(lambda: "pings_20010304" in indexed_partitions(conn), timeout=30)
+        # and, the pass after, the closed day's (driver_id, ts) index
+        wait_until(lambda: "pings_20010304" in driver_indexed_partitions(conn), timeout=30)
         count, plan = spatial_plan(conn, date(2001, 3, 4))
         assert count == 3 and "pings_20010304_geom_gist" in plan
         time.sleep(1.0)  # five more passes of the builder
         today = f"pings_{datetime.fromtimestamp(now / 1000, UTC):%Y%m%d}"
         assert today not in indexed_partitions(conn)
+        assert today not in driver_indexed_partitions(conn)
         assert conn.execute(f"SELECT count(*) FROM {today}").fetchone() == (2,)
 
 
