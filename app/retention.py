@@ -4,6 +4,16 @@ Dropping a partition is instant and leaves no bloat, where ``DELETE`` of old row
 rewrite the table and fight the sink's COPY for I/O. Rollups (``driver_minutes`` and
 ``minute_stats``) are separate tables and are never touched, so timelines and peaks over
 old periods keep working after their raw pings are gone.
+
+A day goes in two steps: ``ALTER TABLE pings DETACH PARTITION … CONCURRENTLY``, then
+``DROP TABLE`` of the detached table. ``DROP TABLE`` on the partition needed ``pings``'
+ACCESS EXCLUSIVE lock: waiting for it behind a long reader (an export, an analyst's
+query) queued every insert and query on ``pings`` behind it for up to the lock timeout.
+The concurrent detach takes SHARE UPDATE EXCLUSIVE, which reads and writes pass, then
+waits for the transactions that could still see the day. If that wait reaches the lock
+timeout the day is left *detach pending* (no longer seen by queries): the next run
+completes it (``FINALIZE``) and drops it; a late ping for it first puts it back
+(``heatreplay_ensure_day_partition``, migration 0008).
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 _DAY_PARTITION = re.compile(r"pings_(\d{8})")
+# a day held by another session past the lock timeout, or another day's detach pending
+# (one at a time per table): kept for the next run
+BUSY = (psycopg.errors.LockNotAvailable, psycopg.errors.ObjectNotInPrerequisiteState)
 
 
 @dataclass(frozen=True)
@@ -31,17 +44,51 @@ class RetentionResult:
 
 
 def day_partitions(conn: psycopg.Connection) -> dict[str, date]:
-    """The day partitions of ``pings`` (name -> day), from the catalog."""
+    """The day partitions of ``pings`` (name -> day), from the catalog; a day whose
+    detach is pending is still listed (``day_states``)."""
+    return {name: day for name, (day, _) in day_states(conn).items() if _ != "detached"}
+
+
+def day_states(conn: psycopg.Connection) -> dict[str, tuple[date, str]]:
+    """Every day table (name -> (day, state)): ``attached``; ``pending`` (a concurrent
+    detach cut off); ``detached`` (a table named as a day of ``pings`` but no longer its
+    partition: a run stopped between its detach and its drop)."""
     rows = conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'pings'::regclass"
+        "SELECT c.relname, CASE WHEN i.inhrelid IS NULL THEN 'detached' "
+        "WHEN i.inhdetachpending THEN 'pending' ELSE 'attached' END "
+        "FROM pg_class c "
+        "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'pings'::regclass "
+        "WHERE c.relkind = 'r' AND c.relname ~ '^pings_[0-9]{8}$' "
+        "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'pings'::regclass)"
     ).fetchall()
-    out: dict[str, date] = {}
-    for (name,) in rows:
+    out: dict[str, tuple[date, str]] = {}
+    for name, state in rows:
         match = _DAY_PARTITION.fullmatch(name)
         if match:
-            out[name] = datetime.strptime(match.group(1), "%Y%m%d").date()
+            out[name] = (datetime.strptime(match.group(1), "%Y%m%d").date(), state)
     return out
+
+
+def _remove(conn: psycopg.Connection, name: str, state: str) -> None:
+    """Detach ``name`` (or complete its pending detach) and drop it."""
+    table = sql.Identifier(name)
+    if state == "attached":
+        conn.execute(sql.SQL("ALTER TABLE pings DETACH PARTITION {} CONCURRENTLY").format(table))
+    elif state == "pending":
+        conn.execute(sql.SQL("ALTER TABLE pings DETACH PARTITION {} FINALIZE").format(table))
+    conn.execute(sql.SQL("DROP TABLE {}").format(table))
+
+
+def _restore(conn: psycopg.Connection, name: str, day: date) -> None:
+    """Attach again a day a run left pending or detached that is no longer to be
+    dropped (``RETENTION_DAYS`` raised since): the partition function completes the
+    detach and attaches the table, rows and all."""
+    try:
+        conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,))
+    except psycopg.errors.LockNotAvailable:
+        log.warning("retention: %s busy, attached again next run", name)
+    else:
+        log.info("retention: attached partition again", extra={"partition_table": name})
 
 
 def apply_retention(
@@ -52,21 +99,31 @@ def apply_retention(
     lock_timeout_s: float = 5.0,
 ) -> RetentionResult:
     """Drop the day partitions that end on or before ``today - days`` (UTC), so at
-    least ``days`` full days of raw pings are kept. ``days=0`` keeps everything."""
+    least ``days`` full days of raw pings are kept. ``days=0`` keeps everything. A day
+    another session holds (past ``lock_timeout_s``) is kept for the next run, and the
+    other days are still dropped."""
     keep = settings.retention_days if days is None else days
     if keep < 0:
         raise ValueError("RETENTION_DAYS must be >= 0 (0 keeps everything)")
     with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
-        parts = day_partitions(conn)
-        if keep == 0:
-            return RetentionResult(None, [], sorted(parts))
-        cutoff = (today or datetime.now(UTC).date()) - timedelta(days=keep)
-        doomed = sorted(name for name, day in parts.items() if day < cutoff)
-        # a short lock wait: the sink holds the parent briefly per batch, and retention
-        # can always run again later, whereas a queued ACCESS EXCLUSIVE lock would stall
-        # every insert behind it
+        # the lock waits are short and a busy day is simply kept for the next run; the
+        # detach's own wait holds up no reader or writer of pings, only DDL on it
         conn.execute(
             sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms"))
+        )
+        states = day_states(conn)
+        cutoff = None if keep == 0 else (today or datetime.now(UTC).date()) - timedelta(days=keep)
+        if not dry_run:
+            for name, (day, state) in sorted(states.items()):
+                if state != "attached" and (cutoff is None or day >= cutoff):
+                    _restore(conn, name, day)  # left half-removed, and now to be kept
+        parts = sorted(name for name, (_, state) in states.items() if state != "detached")
+        if cutoff is None:
+            return RetentionResult(None, [], parts)
+        # a pending detach first: PostgreSQL allows one per table at a time
+        doomed = sorted(
+            (name for name, (day, _) in states.items() if day < cutoff),
+            key=lambda name: (states[name][1] != "pending", name),
         )
         dropped: list[str] = []
         for name in doomed:
@@ -74,11 +131,11 @@ def apply_retention(
                 dropped.append(name)
                 continue
             try:
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-            except psycopg.errors.LockNotAvailable:
-                # busy (an index build, a long query): kept for the next run, and the
-                # other days are still dropped
-                log.warning("retention: %s busy, kept for now", name)
+                _remove(conn, name, states[name][1])
+            except BUSY as exc:
+                # busy (an index build, a long query; another day's detach pending): kept
+                # for the next run, and the other days are still dropped
+                log.warning("retention: %s busy, kept for now (%s)", name, exc)
                 continue
             dropped.append(name)
             log.info("retention: dropped partition", extra={"partition_table": name})

@@ -4,6 +4,7 @@ rollups, on the real PostGIS schema."""
 from __future__ import annotations
 
 import calendar
+import threading
 from datetime import date, timedelta
 
 import psycopg
@@ -14,7 +15,7 @@ from app.cli import main
 from app.kafka_io import PingProducer
 from app.ping import Ping
 from app.postgis_sink import PostgisSink
-from app.retention import apply_retention, day_partitions
+from app.retention import RetentionResult, apply_retention, day_partitions
 from tests.conftest import wait_until
 from tests.faults import produce
 
@@ -50,7 +51,8 @@ def old_history(base_settings, database_url):
 
 
 def ours(conn: psycopg.Connection) -> list[str]:
-    return sorted(n for n in day_partitions(conn) if n.startswith("pings_2001"))
+    """The fixture's day partitions still there (the sink tests below leave 2001-02-03)."""
+    return sorted(n for n in day_partitions(conn) if n in names(DAYS))
 
 
 def test_drops_old_day_partitions_and_keeps_rollups(old_history, database_url):
@@ -133,3 +135,122 @@ def test_the_sink_remakes_a_day_partition_dropped_under_it(settings, db, run_in_
     producer.close()
     wait_until(lambda: sink.stats.rows >= 2, timeout=60)
     assert db.execute("SELECT driver_id FROM pings_20010203").fetchall() == [("late-2",)]
+
+
+def _retention_waiting(conn: psycopg.Connection) -> bool:
+    """Retention's session is waiting for a lock (its detach, or the DROP of before)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query ~ '^(ALTER TABLE pings DETACH PARTITION|DROP TABLE)'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _state(conn: psycopg.Connection, table: str) -> str | None:
+    row = conn.execute(
+        "SELECT CASE WHEN inhdetachpending THEN 'pending' ELSE 'attached' END "
+        "FROM pg_inherits WHERE inhrelid = to_regclass(%s) AND inhparent = 'pings'::regclass",
+        (table,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def test_a_long_reader_holds_up_no_insert_or_query_while_a_day_is_removed(
+    old_history, database_url
+):
+    """Retention used DROP TABLE, whose ACCESS EXCLUSIVE lock on pings, queued behind a
+    long reader, stopped every insert and query on pings until it gave up. The
+    concurrent detach waits for the reader while others read and write."""
+    result: list[object] = []
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT count(*) FROM pings").fetchone()  # holds pings until commit
+        worker = threading.Thread(
+            target=lambda: result.append(
+                apply_retention(old_history, days=3, today=date(2001, 1, 8), lock_timeout_s=30)
+            )
+        )
+        worker.start()
+        with psycopg.connect(database_url, autocommit=True) as other:
+            wait_until(lambda: _retention_waiting(other), timeout=10)
+            other.execute("SET lock_timeout = '2s'")  # queued behind DROP, this failed
+            other.execute(
+                "INSERT INTO pings (ts, driver_id, geom, geohash) VALUES "
+                "('2001-01-07 13:00Z', 'old', ST_SetSRID(ST_MakePoint(3.3, 6.5), 4326), 's14')"
+            )
+            seen = other.execute(
+                "SELECT count(*) FROM pings WHERE driver_id = 'old' AND ts < '2002-01-01Z'"
+            ).fetchone()
+            # the day in its detach is no longer seen; the other 7 and the insert are
+            assert seen == (8,)
+            assert worker.is_alive()  # still waiting for the reader
+        reader.commit()
+    worker.join(timeout=30)
+    done = result[0]
+    assert isinstance(done, RetentionResult)
+    assert [n for n in done.dropped if n.startswith("pings_2001")] == names(DAYS[:4])
+    with psycopg.connect(database_url) as conn:
+        assert ours(conn) == names(DAYS[4:])
+        assert conn.execute(
+            "SELECT count(*) FROM pings WHERE driver_id = 'old' AND ts < '2002-01-01Z'"
+        ).fetchone() == (5,)
+
+
+def test_a_detach_cut_off_is_completed_by_the_next_run(old_history, database_url):
+    """A reader outlasting the lock timeout leaves the first day *detach pending*: no
+    query sees it, the other days wait (one pending detach per table), and the next run
+    completes and drops it with the rest."""
+    first = names(DAYS)[0]
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT count(*) FROM pings").fetchone()
+        cut = apply_retention(old_history, days=3, today=date(2001, 1, 8), lock_timeout_s=0.3)
+        assert [n for n in cut.dropped if n.startswith("pings_2001")] == []
+        with psycopg.connect(database_url, autocommit=True) as other:
+            assert _state(other, first) == "pending"
+            assert other.execute(
+                "SELECT count(*) FROM pings WHERE driver_id = 'old' AND ts < '2002-01-01Z'"
+            ).fetchone() == (7,)
+    again = apply_retention(old_history, days=3, today=date(2001, 1, 8))
+    assert [n for n in again.dropped if n.startswith("pings_2001")] == names(DAYS[:4])
+    with psycopg.connect(database_url) as conn:
+        assert ours(conn) == names(DAYS[4:])
+        assert conn.execute("SELECT to_regclass(%s)", (first,)).fetchone() == (None,)
+
+
+def test_a_day_left_pending_comes_back_when_it_is_to_be_kept(old_history, database_url):
+    """RETENTION_DAYS raised after a cut-off detach: the day is attached again, rows and
+    all, instead of staying out of every query."""
+    first = names(DAYS)[0]
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT count(*) FROM pings").fetchone()
+        apply_retention(old_history, days=3, today=date(2001, 1, 8), lock_timeout_s=0.3)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert _state(conn, first) == "pending"
+    kept = apply_retention(old_history, days=30, today=date(2001, 1, 8))
+    assert kept.dropped == [] and first in kept.kept
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert _state(conn, first) == "attached"
+        assert conn.execute(
+            "SELECT count(*) FROM pings WHERE driver_id = 'old' AND ts < '2002-01-01Z'"
+        ).fetchone() == (8,)
+
+
+def test_a_late_ping_for_a_day_left_pending_brings_it_back(settings, db, run_in_background):
+    """A day whose detach was cut off has no partition for its rows, and its table still
+    exists: the sink's COPY failed, the partition function said "made already", and the
+    sink gave up. Now the function completes the detach and attaches the day again."""
+    noon_ms = calendar.timegm(date(2001, 2, 3).timetuple()) * 1000 + 12 * 3_600_000
+    sink = PostgisSink(settings)
+    run_in_background(sink)
+    producer = PingProducer(settings)
+    produce(producer, [Ping("late-1", 6.5, 3.4, noon_ms)])
+    wait_until(lambda: sink.stats.rows >= 1, timeout=60)
+    with psycopg.connect(settings.database_url) as reader:
+        reader.execute("SELECT count(*) FROM pings").fetchone()
+        apply_retention(settings, days=3, today=date(2001, 2, 10), lock_timeout_s=0.3)
+    assert _state(db, "pings_20010203") == "pending"
+    produce(producer, [Ping("late-2", 6.5, 3.4, noon_ms + 1)])
+    producer.close()
+    wait_until(lambda: sink.stats.rows >= 2, timeout=60)
+    assert _state(db, "pings_20010203") == "attached"
+    rows = db.execute("SELECT driver_id FROM pings_20010203 ORDER BY ts").fetchall()
+    assert rows == [("late-1",), ("late-2",)]
