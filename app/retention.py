@@ -31,9 +31,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 _DAY_PARTITION = re.compile(r"pings_(\d{8})")
-# a day held by another session past the lock timeout, or another day's detach pending
-# (one at a time per table): kept for the next run
-BUSY = (psycopg.errors.LockNotAvailable, psycopg.errors.ObjectNotInPrerequisiteState)
+# on a day this module detached and is about to drop: a table left detached by a run
+# that stopped before its DROP is recognised by it (and nothing else named like a day)
+MARK = "heatreplay retention: detached, to be dropped"
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,18 @@ def day_partitions(conn: psycopg.Connection) -> dict[str, date]:
 
 
 def day_states(conn: psycopg.Connection) -> dict[str, tuple[date, str]]:
-    """Every day table (name -> (day, state)): ``attached``; ``pending`` (a concurrent
-    detach cut off); ``detached`` (a table named as a day of ``pings`` but no longer its
-    partition: a run stopped between its detach and its drop)."""
+    """The day tables (name -> (day, state)): ``attached``; ``pending`` (a concurrent
+    detach cut off); ``detached`` (one this module detached, marked ``MARK``, and did not
+    get to drop). Other tables named like a day are not ours and are left alone."""
     rows = conn.execute(
         "SELECT c.relname, CASE WHEN i.inhrelid IS NULL THEN 'detached' "
         "WHEN i.inhdetachpending THEN 'pending' ELSE 'attached' END "
         "FROM pg_class c "
         "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'pings'::regclass "
         "WHERE c.relkind = 'r' AND c.relname ~ '^pings_[0-9]{8}$' "
-        "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'pings'::regclass)"
+        "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'pings'::regclass) "
+        "AND (i.inhrelid IS NOT NULL OR obj_description(c.oid, 'pg_class') = %s)",
+        (MARK,),
     ).fetchall()
     out: dict[str, tuple[date, str]] = {}
     for name, state in rows:
@@ -69,14 +71,28 @@ def day_states(conn: psycopg.Connection) -> dict[str, tuple[date, str]]:
     return out
 
 
-def _remove(conn: psycopg.Connection, name: str, state: str) -> None:
-    """Detach ``name`` (or complete its pending detach) and drop it."""
+def _remove(conn: psycopg.Connection, name: str) -> bool:
+    """Mark, detach (or complete a pending detach) and drop the day ``name``, holding
+    its advisory lock, the one ``heatreplay_ensure_day_partition`` takes to put a day
+    back, so the two never act on one day at once. False if it was gone already."""
     table = sql.Identifier(name)
-    if state == "attached":
-        conn.execute(sql.SQL("ALTER TABLE pings DETACH PARTITION {} CONCURRENTLY").format(table))
-    elif state == "pending":
-        conn.execute(sql.SQL("ALTER TABLE pings DETACH PARTITION {} FINALIZE").format(table))
-    conn.execute(sql.SQL("DROP TABLE {}").format(table))
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))  # lock_timeout bounds it
+    try:
+        state = day_states(conn).get(name, (None, None))[1]
+        if state is None:
+            return False
+        if state != "detached":
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table, sql.Literal(MARK)))
+        if state == "attached":
+            conn.execute(
+                sql.SQL("ALTER TABLE pings DETACH PARTITION {} CONCURRENTLY").format(table)
+            )
+        elif state == "pending":
+            conn.execute(sql.SQL("ALTER TABLE pings DETACH PARTITION {} FINALIZE").format(table))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        return True
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
 
 
 def _restore(conn: psycopg.Connection, name: str, day: date) -> None:
@@ -85,8 +101,8 @@ def _restore(conn: psycopg.Connection, name: str, day: date) -> None:
     detach and attaches the table, rows and all."""
     try:
         conn.execute("SELECT heatreplay_ensure_day_partition(%s)", (day,))
-    except psycopg.errors.LockNotAvailable:
-        log.warning("retention: %s busy, attached again next run", name)
+    except psycopg.Error as exc:
+        log.warning("retention: %s not attached again, next run tries (%s)", name, exc)
     else:
         log.info("retention: attached partition again", extra={"partition_table": name})
 
@@ -100,8 +116,9 @@ def apply_retention(
 ) -> RetentionResult:
     """Drop the day partitions that end on or before ``today - days`` (UTC), so at
     least ``days`` full days of raw pings are kept. ``days=0`` keeps everything. A day
-    another session holds (past ``lock_timeout_s``) is kept for the next run, and the
-    other days are still dropped."""
+    another session holds past ``lock_timeout_s`` is kept for the next run; if that
+    left its detach pending, the other old days wait for the next run too (one pending
+    detach per table), which completes it first."""
     keep = settings.retention_days if days is None else days
     if keep < 0:
         raise ValueError("RETENTION_DAYS must be >= 0 (0 keeps everything)")
@@ -111,12 +128,18 @@ def apply_retention(
         conn.execute(
             sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms"))
         )
-        states = day_states(conn)
         cutoff = None if keep == 0 else (today or datetime.now(UTC).date()) - timedelta(days=keep)
+        states = day_states(conn)
         if not dry_run:
-            for name, (day, state) in sorted(states.items()):
-                if state != "attached" and (cutoff is None or day >= cutoff):
-                    _restore(conn, name, day)  # left half-removed, and now to be kept
+            restore = [
+                (name, day)
+                for name, (day, state) in sorted(states.items())
+                if state != "attached" and (cutoff is None or day >= cutoff)
+            ]
+            for name, day in restore:  # left half-removed, and now to be kept
+                _restore(conn, name, day)
+            if restore:
+                states = day_states(conn)
         parts = sorted(name for name, (_, state) in states.items() if state != "detached")
         if cutoff is None:
             return RetentionResult(None, [], parts)
@@ -131,13 +154,14 @@ def apply_retention(
                 dropped.append(name)
                 continue
             try:
-                _remove(conn, name, states[name][1])
-            except BUSY as exc:
-                # busy (an index build, a long query; another day's detach pending): kept
-                # for the next run, and the other days are still dropped
-                log.warning("retention: %s busy, kept for now (%s)", name, exc)
+                removed = _remove(conn, name)
+            except psycopg.Error as exc:
+                # busy (an index build, a long query; another day's detach pending), or
+                # anything else: kept for the next run, and the run goes on
+                log.warning("retention: %s kept for now (%s)", name, exc)
                 continue
-            dropped.append(name)
-            log.info("retention: dropped partition", extra={"partition_table": name})
+            if removed:
+                dropped.append(name)
+                log.info("retention: dropped partition", extra={"partition_table": name})
         kept = sorted(set(parts) - set(dropped))
-    return RetentionResult(cutoff, dropped, kept)
+    return RetentionResult(cutoff, sorted(dropped), kept)

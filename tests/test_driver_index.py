@@ -83,8 +83,9 @@ def test_a_closed_day_gets_the_index_and_the_path_is_read_through_it(history):
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         assert ours(conn) == {name(DAYS[0]), name(DAYS[1])}
         plan = path_plan(conn, DAYS[0])
-        assert "Index Scan on pings_20010101_driver_ts" in plan or (
-            "Index Scan using pings_20010101_driver_ts" in plan
+        # an Index Scan or a Bitmap Index Scan, by the planner's estimate
+        assert "Index Scan using pings_20010101_driver_ts" in plan or (
+            "Bitmap Index Scan on pings_20010101_driver_ts" in plan
         ), plan
         assert "Seq Scan" not in plan
         start = calendar.timegm(DAYS[0].timetuple()) * 1000 + 10 * 3_600_000

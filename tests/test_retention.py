@@ -10,12 +10,13 @@ from datetime import date, timedelta
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from app.cli import main
 from app.kafka_io import PingProducer
 from app.ping import Ping
 from app.postgis_sink import PostgisSink
-from app.retention import RetentionResult, apply_retention, day_partitions
+from app.retention import MARK, RetentionResult, apply_retention, day_partitions
 from tests.conftest import wait_until
 from tests.faults import produce
 
@@ -244,6 +245,8 @@ def test_a_late_ping_for_a_day_left_pending_brings_it_back(settings, db, run_in_
     producer = PingProducer(settings)
     produce(producer, [Ping("late-1", 6.5, 3.4, noon_ms)])
     wait_until(lambda: sink.stats.rows >= 1, timeout=60)
+    # older days other tests left go first, so the detach cut off below is this day's
+    apply_retention(settings, days=1, today=date(2001, 2, 3))
     with psycopg.connect(settings.database_url) as reader:
         reader.execute("SELECT count(*) FROM pings").fetchone()
         apply_retention(settings, days=3, today=date(2001, 2, 10), lock_timeout_s=0.3)
@@ -254,3 +257,25 @@ def test_a_late_ping_for_a_day_left_pending_brings_it_back(settings, db, run_in_
     assert _state(db, "pings_20010203") == "attached"
     rows = db.execute("SELECT driver_id FROM pings_20010203 ORDER BY ts").fetchall()
     assert rows == [("late-1",), ("late-2",)]
+
+
+def test_a_day_a_stopped_run_left_detached_is_dropped_and_other_tables_left_alone(
+    old_history, database_url
+):
+    """A run stopped between its detach and its drop leaves a table that is no longer a
+    partition: its mark tells the next run to drop it. A table merely named like a day
+    (an operator's detached copy) is not retention's to drop or to attach."""
+    first, second = names(DAYS)[:2]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(first), sql.Literal(MARK))
+        )
+        conn.execute(f"ALTER TABLE pings DETACH PARTITION {first}")
+        conn.execute(f"ALTER TABLE pings DETACH PARTITION {second}")  # not marked
+    done = apply_retention(old_history, days=3, today=date(2001, 1, 8))
+    assert [n for n in done.dropped if n.startswith("pings_2001")] == [first, *names(DAYS[2:4])]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (first,)).fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM " + second).fetchone() == (1,)
+        assert _state(conn, second) is None  # still not a partition
+        assert ours(conn) == names(DAYS[4:])

@@ -13,8 +13,10 @@ completes it on its next run (``FINALIZE``, then ``DROP``). Until then, a late p
 that day made the sink's COPY fail again and again, since the day's table exists and
 ``heatreplay_ensure_day_partition`` took that as "made already". The function now puts
 such a day back: it completes the detach (``FINALIZE``) and attaches the table again,
-rows and all, for retention's next run to drop. A table left detached outright
-(retention stopped between its detach and its drop) is attached again the same way.
+rows and all, for retention's next run to drop. A table retention left detached outright
+(stopped between its detach and its drop; it marks the table with a comment first) is
+attached again the same way. Retention holds the day's advisory lock, the one this
+function takes, while it removes a day, so the two never act on one day at once.
 
 Revision ID: 0008
 Revises: 0007
@@ -53,14 +55,16 @@ FUNCTION = """
         IF attached THEN
             RETURN false;
         END IF;
-        IF to_regclass(name) IS NOT NULL THEN
+        IF pending OR obj_description(to_regclass(name), 'pg_class') = '{mark}' THEN
             -- retention's detach of this day was cut off (pending) or stopped before its
-            -- drop: a ping for the day came first, so the day comes back, rows and all
+            -- drop (its mark): a ping for the day came first, so the day comes back, rows
+            -- and all. Retention holds the same advisory lock while it removes a day.
             IF pending THEN
                 EXECUTE format('ALTER TABLE pings DETACH PARTITION %I FINALIZE', name);
             END IF;
             EXECUTE format('ALTER TABLE pings ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                            name, lo, hi);
+            EXECUTE format('COMMENT ON TABLE %I IS NULL', name);
             RETURN true;
         END IF;
         EXECUTE format('CREATE TABLE %I PARTITION OF pings FOR VALUES FROM (%L) TO (%L)',
@@ -74,8 +78,12 @@ FUNCTION = """
 """
 
 
+# app.retention.MARK, as it was when this revision was written
+MARK = "heatreplay retention: detached, to be dropped"
+
+
 def upgrade() -> None:
-    op.execute(FUNCTION)
+    op.execute(FUNCTION.replace("{mark}", MARK))
 
 
 # 0006's function, as it was (migrations are snapshots)
