@@ -114,7 +114,6 @@ def run_up(
     prepare(settings)
     sup = Supervisor(settings)
     env = dict(os.environ)
-    broker_proc: subprocess.Popen[bytes] | None = None
 
     def on_signal(_sig: int, _frame: object) -> None:
         sup.stop.set()
@@ -131,10 +130,15 @@ def run_up(
         else:
             say(f"· no broker at {settings.kafka_bootstrap}: starting the embedded one (Tansu)")
             RUN_DIR.mkdir(exist_ok=True)
+            log = RUN_DIR / "broker.log"
             try:
-                broker_proc = start_embedded_broker(settings, open(RUN_DIR / "broker.log", "ab"))  # noqa: SIM115
+                broker = start_embedded_broker(settings, open(log, "ab"))  # noqa: SIM115
             except BrokerStartError as exc:
                 raise SetupError(str(exc)) from None
+            # supervised like the others: if it dies, up says so and stops (the workers
+            # would otherwise retry a broker that is gone, and it kept its pings in memory);
+            # first in, so stopped last
+            sup.children.append(Child("broker", broker, log))
         ensure_topics(settings)
         exe = [sys.executable, "-m", "app.cli"]
         sup.spawn("live-worker", [*exe, "live-worker"], env)
@@ -142,6 +146,8 @@ def run_up(
         sup.spawn("web", [*exe, "web"], env)
         base = f"http://{settings.web_host}:{settings.web_port}"
         if not _wait_http(base + "/healthz", 30, sup):
+            if sup.stop.is_set():  # Ctrl-C while starting: a stop, not a failure
+                return 0
             raise SetupError(f"the web server did not answer at {base}; see {RUN_DIR}/web.log")
         if simulate:
             argv = [*exe, "simulate", "--url", base, "--drivers", str(drivers)]
@@ -167,12 +173,6 @@ def run_up(
     finally:
         say("· stopping")
         sup.shutdown()
-        if broker_proc is not None:
-            broker_proc.terminate()
-            try:
-                broker_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                broker_proc.kill()
         say("· stopped")
 
 

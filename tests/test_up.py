@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import requests
 
@@ -90,6 +91,52 @@ def test_up_serves_health_and_live_frames_then_stops_on_ctrl_c(settings, tmp_pat
     # nothing it started is left listening
     time.sleep(0.5)
     assert _get(base + "/healthz") is None
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid``: pid -> command line."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            found[int(entry)] = cmdline.decode(errors="replace")
+    return found
+
+
+def test_up_stops_and_says_so_when_the_embedded_broker_dies(settings, tmp_path):
+    """The embedded broker was started but not watched: killed, it left the workers
+    retrying a broker that was gone (and its pings with it) while up said nothing."""
+    env = _env(settings)
+    base = f"http://127.0.0.1:{env['WEB_PORT']}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", "--no-simulate"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: _get(base + "/healthz"), timeout=60, interval=0.5)
+        brokers = [p for p, cmd in _children(proc.pid).items() if "--listener-url" in cmd]
+        assert len(brokers) == 1, _children(proc.pid)
+        os.kill(brokers[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 1, text
+    assert "broker exited with code -9; see " in text and "broker.log. Stopping." in text
+    assert text.rstrip().endswith("· stopped") and "Traceback" not in text
+    time.sleep(0.5)
+    assert _get(base + "/healthz") is None  # the web and the workers were stopped too
 
 
 def test_up_says_what_is_missing_instead_of_a_stack_trace(settings, tmp_path):
