@@ -4,7 +4,7 @@ driver's path is then read through it, on a migrated database of its own."""
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import psycopg
 import pytest
@@ -15,7 +15,7 @@ from app.cli import main
 from app.db import migrate
 from app.driver_index import driver_index_due, driver_indexed_partitions, due_driver_partitions
 from app.geo_params import TimeRange
-from app.index_builds import LOCK_KEY
+from app.index_builds import LOCK_KEY, day_end
 from app.settings import Settings
 
 DAYS = [date(2001, 1, 1), date(2001, 1, 2), date(2001, 1, 3)]
@@ -25,10 +25,6 @@ PER_DRIVER = 60  # pings per driver per day, one a minute from 10:00 UTC
 
 def name(day: date) -> str:
     return f"pings_{day:%Y%m%d}"
-
-
-def midnight_after(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
 
 
 @pytest.fixture
@@ -69,7 +65,7 @@ def path_plan(conn: psycopg.Connection, day: date) -> str:
 def test_a_closed_day_gets_the_index_and_the_path_is_read_through_it(history):
     settings = history
     last = DAYS[-1]
-    soon = midnight_after(last) + timedelta(minutes=10)  # the last day closed 10 min ago
+    soon = day_end(last) + timedelta(minutes=10)  # the last day closed 10 min ago
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         assert due_driver_partitions(conn, settings, soon) == [
             (name(DAYS[1]), DAYS[1]),
@@ -94,7 +90,7 @@ def test_a_closed_day_gets_the_index_and_the_path_is_read_through_it(history):
         assert {round(p.lon, 4) for p in points} == {3.3007}
 
         assert due_driver_partitions(conn, settings, soon) == []
-        late = midnight_after(last) + timedelta(minutes=15)
+        late = day_end(last) + timedelta(minutes=15)
         assert due_driver_partitions(conn, settings, late) == [(name(last), last)]
     assert [b.partition for b in driver_index_due(settings, now=late)] == [name(last)]
     assert driver_index_due(settings, now=late) == []  # nothing left, nothing rebuilt
@@ -111,7 +107,7 @@ def test_an_invalid_index_is_rebuilt_and_days_retention_drops_are_left_alone(his
         )
         assert ours(conn) == set()
     # on day 3: day 1 is older than RETENTION_DAYS=1 allows, day 3 has not ended
-    during_day_3 = midnight_after(DAYS[2]) - timedelta(hours=1)
+    during_day_3 = day_end(DAYS[2]) - timedelta(hours=1)
     assert [b.partition for b in driver_index_due(settings, now=during_day_3)] == [second]
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         assert ours(conn) == {second}
