@@ -148,6 +148,10 @@ def run_up(
         if not _wait_http(base + "/healthz", 30, sup):
             if sup.stop.is_set():  # Ctrl-C while starting: a stop, not a failure
                 return 0
+            failed = sup.reap()
+            if failed is not None:  # a child died while the web server came up
+                say(_exited(failed))
+                return 1
             raise SetupError(f"the web server did not answer at {base}; see {RUN_DIR}/web.log")
         if simulate:
             argv = [*exe, "simulate", "--url", base, "--drivers", str(drivers)]
@@ -164,10 +168,7 @@ def run_up(
         while not sup.stop.wait(0.5):
             failed = sup.reap()
             if failed is not None:
-                say(
-                    f"{failed.name} exited with code {failed.proc.returncode}; "
-                    f"see {failed.log}. Stopping."
-                )
+                say(_exited(failed))
                 return 1
         return 0
     finally:
@@ -176,11 +177,16 @@ def run_up(
         say("· stopped")
 
 
+def _exited(child: Child) -> str:
+    return f"{child.name} exited with code {child.proc.returncode}; see {child.log}. Stopping."
+
+
 def _wait_http(url: str, timeout_s: float, sup: Supervisor) -> bool:
+    """True once ``url`` answers; False at the deadline, on stop, or once a child died."""
     import requests
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not sup.stop.is_set():
+    while time.monotonic() < deadline and not sup.stop.is_set() and sup.reap() is None:
         try:
             if requests.get(url, timeout=2).status_code in (200, 503):
                 return True
