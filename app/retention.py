@@ -10,7 +10,7 @@ A day goes in two steps: ``ALTER TABLE pings DETACH PARTITION … CONCURRENTLY``
 ACCESS EXCLUSIVE lock: waiting for it behind a long reader (an export, an analyst's
 query) queued every insert and query on ``pings`` behind it for up to the lock timeout.
 The concurrent detach takes SHARE UPDATE EXCLUSIVE, which reads and writes pass, then
-waits for the transactions that could still see the day. If that wait reaches the lock
+waits for the older transactions. If that wait reaches the lock
 timeout the day is left *detach pending* (no longer seen by queries): the next run
 completes it (``FINALIZE``) and drops it; a late ping for it first puts it back
 (``heatreplay_ensure_day_partition``, migration 0008).
@@ -46,7 +46,7 @@ class RetentionResult:
 def day_partitions(conn: psycopg.Connection) -> dict[str, date]:
     """The day partitions of ``pings`` (name -> day), from the catalog; a day whose
     detach is pending is still listed (``day_states``)."""
-    return {name: day for name, (day, _) in day_states(conn).items() if _ != "detached"}
+    return {name: day for name, (day, state) in day_states(conn).items() if state != "detached"}
 
 
 def day_states(conn: psycopg.Connection) -> dict[str, tuple[date, str]]:

@@ -26,40 +26,13 @@ from typing import Any
 import psycopg
 
 from app.analytics_queries import PATH_POINTS_SQL
-from app.copy_rows import COPY_SQL
 from app.driver_index import build_driver_index
 from app.settings import load_settings
-from bench.index_growth import DAY, PARTITION, batches
+from bench.index_growth import DAY, PARTITION, copy_in_windows
 from bench.machine import describe, machine
 from bench.stack import cpu_seconds, scratch_database
 
 DRIVER = "drv-000007"  # bench.load's driver ids
-
-
-def _copy(conn: psycopg.Connection, rows: int, every: int, label: str, say: bool) -> list[Any]:
-    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-    windows: list[dict[str, Any]] = []
-    written, done, cpu0 = 0, 0, cpu_seconds(pid)
-    for n, stream in batches(rows):
-        with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-            copy.write(stream)
-        written += n
-        done += n
-        if written >= every or done >= rows:
-            cpu1 = cpu_seconds(pid)
-            windows.append(
-                {
-                    "rows_in_partition": done,
-                    "backend_us_per_row": round(1e6 * (cpu1 - cpu0) / written, 2),
-                }
-            )
-            if say:
-                print(
-                    f"  {label}, {done:,} rows: backend {windows[-1]['backend_us_per_row']} us/row",
-                    flush=True,
-                )
-            written, cpu0 = 0, cpu1
-    return windows
 
 
 def _path_ms(conn: psycopg.Connection) -> tuple[float, int]:
@@ -82,11 +55,13 @@ def run(rows: int, every: int, progress: bool = True) -> dict[str, Any]:
     ):
         conn.execute("SELECT heatreplay_ensure_day_partition(%s, false)", (DAY,))
         conn.execute(f"CREATE INDEX {PARTITION}_driver_ts ON {PARTITION} (driver_id, ts)")
-        out["kept_up"] = _copy(conn, rows, every, "index kept up row by row", progress)
+        out["kept_up"] = copy_in_windows(
+            conn, rows, every, "index kept up row by row" if progress else None
+        )
         conn.execute(f"DROP TABLE {PARTITION}")
 
         conn.execute("SELECT heatreplay_ensure_day_partition(%s, false)", (DAY,))
-        out["brin_only"] = _copy(conn, rows, every, "BRIN(ts) only", progress)
+        out["brin_only"] = copy_in_windows(conn, rows, every, "BRIN(ts) only" if progress else None)
         conn.execute("ANALYZE pings")
         out["path_ms_without"], out["path_points"] = _path_ms(conn)
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]

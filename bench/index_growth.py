@@ -105,6 +105,38 @@ def queries(conn: psycopg.Connection, label: str, progress: bool = True) -> dict
     }
 
 
+def copy_in_windows(
+    conn: psycopg.Connection, rows: int, every: int, label: str | None, spatial: bool = True
+) -> list[dict[str, Any]]:
+    """COPY ``rows`` of ``batches`` into today's day partition through ``conn``; the
+    backend's CPU and the wall time per row for every ``every`` rows (printed under
+    ``label`` unless None)."""
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    windows: list[dict[str, Any]] = []
+    written, cpu0, wall0, done = 0, cpu_seconds(pid), time.perf_counter(), 0
+    for n, stream in batches(rows, spatial=spatial):
+        with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+            copy.write(stream)
+        written += n
+        done += n
+        if written >= every or done >= rows:
+            cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
+            window = {
+                "rows_in_partition": done,
+                "backend_us_per_row": round(1e6 * (cpu1 - cpu0) / written, 2),
+                "wall_us_per_row": round(1e6 * (wall1 - wall0) / written, 2),
+            }
+            windows.append(window)
+            if label is not None:
+                print(
+                    f"  {label}, {done:,} rows: backend {window['backend_us_per_row']} us/row, "
+                    f"wall {window['wall_us_per_row']} us/row",
+                    flush=True,
+                )
+            written, cpu0, wall0 = 0, cpu1, wall1
+    return windows
+
+
 def run(
     mode: str, rows: int, every: int, progress: bool = True, spatial: bool = True
 ) -> dict[str, Any]:
@@ -116,28 +148,9 @@ def run(
     ):
         conn.execute("SELECT heatreplay_ensure_day_partition(%s, %s)", (DAY, mode == "immediate"))
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-        written, cpu0, wall0, done = 0, cpu_seconds(pid), time.perf_counter(), 0
-        for n, stream in batches(rows, spatial=spatial):
-            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-                copy.write(stream)
-            written += n
-            done += n
-            if written >= every or done >= rows:
-                cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
-                window = {
-                    "rows_in_partition": done,
-                    "backend_us_per_row": round(1e6 * (cpu1 - cpu0) / written, 2),
-                    "wall_us_per_row": round(1e6 * (wall1 - wall0) / written, 2),
-                }
-                out["windows"].append(window)
-                if progress:
-                    print(
-                        f"  {mode}, {order}, {window['rows_in_partition']:,} rows: backend "
-                        f"{window['backend_us_per_row']} us/row, wall "
-                        f"{window['wall_us_per_row']} us/row",
-                        flush=True,
-                    )
-                written, cpu0, wall0 = 0, cpu1, wall1
+        out["windows"] = copy_in_windows(
+            conn, rows, every, f"{mode}, {order}" if progress else None, spatial
+        )
         conn.execute("ANALYZE pings")
         if mode == "deferred":
             out.update(queries(conn, "unindexed", progress))

@@ -120,16 +120,25 @@ def test_cli_dry_run_lists_what_it_would_drop(old_history, database_url):
     assert refused.exit_code == 2 and "-1" in refused.output
 
 
-def test_the_sink_remakes_a_day_partition_dropped_under_it(settings, db, run_in_background):
-    """The sink remembers which day partitions exist. Once retention dropped a day it had
-    written to, a late ping for that day failed the COPY ("no partition found for row")
-    and the sink exited, on every restart until its memory was cleared."""
+def _sink_that_wrote_a_ping_on_20010203(
+    settings, run_in_background
+) -> tuple[PostgisSink, PingProducer, int]:
+    """A running sink that has written ping ``late-1`` at noon of 2001-02-03 (creating
+    that day), its producer, and that noon in epoch ms."""
     noon_ms = calendar.timegm(date(2001, 2, 3).timetuple()) * 1000 + 12 * 3_600_000
     sink = PostgisSink(settings)
     run_in_background(sink)
     producer = PingProducer(settings)
     produce(producer, [Ping("late-1", 6.5, 3.4, noon_ms)])
     wait_until(lambda: sink.stats.rows >= 1, timeout=60)
+    return sink, producer, noon_ms
+
+
+def test_the_sink_remakes_a_day_partition_dropped_under_it(settings, db, run_in_background):
+    """The sink remembers which day partitions exist. Once retention dropped a day it had
+    written to, a late ping for that day failed the COPY ("no partition found for row")
+    and the sink exited, on every restart until its memory was cleared."""
+    sink, producer, noon_ms = _sink_that_wrote_a_ping_on_20010203(settings, run_in_background)
     done = apply_retention(settings, days=3, today=date(2001, 2, 10))
     assert "pings_20010203" in done.dropped
     produce(producer, [Ping("late-2", 6.5, 3.4, noon_ms + 1)])
@@ -239,12 +248,7 @@ def test_a_late_ping_for_a_day_left_pending_brings_it_back(settings, db, run_in_
     """A day whose detach was cut off has no partition for its rows, and its table still
     exists: the sink's COPY failed, the partition function said "made already", and the
     sink gave up. Now the function completes the detach and attaches the day again."""
-    noon_ms = calendar.timegm(date(2001, 2, 3).timetuple()) * 1000 + 12 * 3_600_000
-    sink = PostgisSink(settings)
-    run_in_background(sink)
-    producer = PingProducer(settings)
-    produce(producer, [Ping("late-1", 6.5, 3.4, noon_ms)])
-    wait_until(lambda: sink.stats.rows >= 1, timeout=60)
+    sink, producer, noon_ms = _sink_that_wrote_a_ping_on_20010203(settings, run_in_background)
     # older days other tests left go first, so the detach cut off below is this day's
     apply_retention(settings, days=1, today=date(2001, 2, 3))
     with psycopg.connect(settings.database_url) as reader:
