@@ -105,9 +105,12 @@ def phase(
 ) -> dict[str, Any]:
     """One load phase; returns once both consumers processed everything it accepted (or
     ``catchup_timeout_s`` after the load stopped)."""
-    gen = LoadGenerator(spec).start()
+    # the baselines are read before the first request: read after it, a request that
+    # landed first sat in the accepted baseline while the consumers counted it here
+    gen = LoadGenerator(spec).launch()
     a0, l0, s0 = _counts(stack)
     cpu0 = {**stack.cpu_snapshot(), "load-generator": sum(map(cpu_seconds, gen.pids))}
+    gen.go()
     t0 = time.monotonic()
     samples: list[tuple[float, float, float, float]] = []
     try:
@@ -175,6 +178,8 @@ def phase(
             + (f"paced at {spec.rate:.0f} pings/s" if spec.rate else "as fast as accepted"),
         },
         "accepted_pings": int(a_end),
+        # what the generator got 202s for: the API's own counter must agree
+        "generator_accepted_pings": gen.accepted,
         "accepted_pings_per_s": round(accepted_rate),
         "request_errors": errors,
         "live_pings_per_s": round(live_rate),

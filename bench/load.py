@@ -111,6 +111,7 @@ class LoadSpec:
 def _thread(
     spec: LoadSpec,
     bodies: list[bytes],
+    go: Any,
     stop: Any,
     accepted: Any,
     errors: Any,
@@ -120,6 +121,7 @@ def _thread(
     headers = {"Authorization": f"Bearer {spec.token}", "Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", spec.port, timeout=60)
     interval = spec.batch / per_thread_rate if per_thread_rate else 0.0
+    go.wait()  # no request before every process is ready and the caller said go
     next_at = time.monotonic() + phase * interval
     i = 0
     while not stop.is_set():
@@ -148,7 +150,9 @@ def _thread(
     conn.close()
 
 
-def _process(spec: LoadSpec, index: int, stop: Any, ready: Any, accepted: Any, errors: Any) -> None:
+def _process(
+    spec: LoadSpec, index: int, go: Any, stop: Any, ready: Any, accepted: Any, errors: Any
+) -> None:
     threads = []
     per_thread = spec.rate / (spec.processes * spec.threads) if spec.rate else None
     for t in range(spec.threads):
@@ -160,7 +164,7 @@ def _process(spec: LoadSpec, index: int, stop: Any, ready: Any, accepted: Any, e
         threads.append(
             threading.Thread(
                 target=_thread,
-                args=(spec, bodies, stop, accepted, errors, per_thread, phase),
+                args=(spec, bodies, go, stop, accepted, errors, per_thread, phase),
                 daemon=True,
             )
         )
@@ -172,11 +176,17 @@ def _process(spec: LoadSpec, index: int, stop: Any, ready: Any, accepted: Any, e
 
 
 class LoadGenerator:
-    """``start()`` returns once every process has built its bodies and begun posting."""
+    """``start()`` returns once every process has built its bodies and begun posting.
+
+    ``launch()`` and ``go()`` are its two halves: between them every process is ready and
+    nothing has been posted, so a caller can read its baselines (the e2e bench read its
+    counters after ``start()``, and a request that landed first was counted by the
+    consumers but sat in the accepted baseline)."""
 
     def __init__(self, spec: LoadSpec):
         self.spec = spec
         ctx = mp.get_context("spawn")
+        self._go = ctx.Event()
         self._stop = ctx.Event()
         self._ready = ctx.Semaphore(0)
         self._accepted = ctx.Value("q", 0)
@@ -184,7 +194,7 @@ class LoadGenerator:
         self._procs = [
             ctx.Process(
                 target=_process,
-                args=(spec, i, self._stop, self._ready, self._accepted, self._errors),
+                args=(spec, i, self._go, self._stop, self._ready, self._accepted, self._errors),
                 daemon=True,
             )
             for i in range(spec.processes)
@@ -203,6 +213,10 @@ class LoadGenerator:
         return int(self._errors.value)
 
     def start(self) -> LoadGenerator:
+        return self.launch().go()
+
+    def launch(self) -> LoadGenerator:
+        """Start the processes and wait until each has built its bodies."""
         for p in self._procs:
             p.start()
         for _ in self._procs:
@@ -211,8 +225,14 @@ class LoadGenerator:
                 raise TimeoutError("the load generator did not start")
         return self
 
+    def go(self) -> LoadGenerator:
+        """Every thread begins posting."""
+        self._go.set()
+        return self
+
     def stop(self) -> None:
         self._stop.set()
+        self._go.set()  # threads still waiting for it see stop and end
         for p in self._procs:
             p.join(30)
             if p.is_alive():

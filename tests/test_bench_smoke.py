@@ -83,7 +83,9 @@ def test_every_benchmark_reports_figures(tmp_path: Path) -> None:
         for key in ("accepted_pings_per_s", "live_pings_per_s", "sink_rows_per_s"):
             _positive(p, key)
         _positive(p, "cpu_percent_of_one_core", "machine")
-        # both consumers ended up with exactly what the API accepted
+        # both consumers ended up with exactly what the API accepted, which is what the
+        # generator got 202s for
+        assert p["generator_accepted_pings"] == accepted
         assert p["processed_after_catchup"] == {
             "accepted": accepted, "live": accepted, "sink": accepted
         }  # fmt: skip
