@@ -59,6 +59,9 @@ class LiveWorker:
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
     stats: LiveStats = field(default_factory=LiveStats)
+    # told when the position moves on purpose (assignment, heal), so that it does not
+    # take the move for a fetch that passed messages over (app.kafka_io.OffsetGaps)
+    _collector: BatchCollector | None = field(default=None, init=False, repr=False)
 
     def run(self) -> LiveStats:
         """Consume until ``stop`` is set. Each batch is applied to Redis (waiting out a
@@ -76,8 +79,7 @@ class LiveWorker:
         dead = DeadLetters(settings, source="live_worker")
         # batch figures leave in the background: the batch loop never waits on them
         figures = metrics.CounterBuffer(client, settings.redis_key_prefix)
-        consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
-        collector = BatchCollector(
+        collector = self._collector = BatchCollector(
             consumer,
             settings.live_batch_max,
             settings.live_batch_wait_s,
@@ -85,6 +87,7 @@ class LiveWorker:
             until_idle=True,
             pings_per_message=settings.kafka_pings_per_message,
         )
+        consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
         try:
             while not self.stop.is_set():
                 if self._redis(lambda: state_lost(client, settings)) and self._heal(consumer):
@@ -183,6 +186,8 @@ class LiveWorker:
             p.offset = start
         log.info("live assigned %s", {p.partition: p.offset for p in parts})
         consumer.assign(parts)
+        if self._collector is not None:
+            self._collector.forget()
 
     def _heal(self, consumer: Consumer) -> bool:
         """Redis lost the live keys: rewind every assigned partition by one window."""
@@ -197,6 +202,8 @@ class LiveWorker:
                 consumer.seek(TopicPartition(self.settings.topic_pings, part, offset))
             except KafkaException as exc:
                 log.warning("live heal: seek %d failed: %s", part, exc)
+        if self._collector is not None:
+            self._collector.forget()
         self.stats.heals += 1
         log.warning("live: Redis lost the live state; replaying the last window %s", rewind)
         return True

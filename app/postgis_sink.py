@@ -99,6 +99,8 @@ class PostgisSink:
     _rollups: MinuteRollups = field(default_factory=MinuteRollups)
     # the batch the writer thread has in hand (None: the writer is idle)
     _pending: Future[bool] | None = None
+    # told when an assignment sets the position (app.kafka_io.OffsetGaps)
+    _collector: BatchCollector | None = None
 
     def run(self, max_batches: int | None = None) -> SinkStats:
         """Consume until ``stop`` is set (or ``max_batches`` batches were written).
@@ -114,14 +116,14 @@ class PostgisSink:
         dead = DeadLetters(settings, source="postgis_sink")
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
         try:
-            consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
-            collector = BatchCollector(
+            collector = self._collector = BatchCollector(
                 consumer,
                 settings.sink_batch_max,
                 settings.sink_batch_wait_s,
                 self.stop,
                 pings_per_message=settings.kafka_pings_per_message,
             )
+            consumer.subscribe([settings.topic_pings], on_assign=self._on_assign)
             while not self.stop.is_set():
                 if max_batches is not None and self.stats.batches_collected >= max_batches:
                     break
@@ -305,6 +307,8 @@ class PostgisSink:
         self._written = {p.partition: stored[p.partition] for p in parts if p.partition in stored}
         log.info("sink assigned %s", {p.partition: p.offset for p in parts})
         consumer.assign(parts)
+        if self._collector is not None:
+            self._collector.forget()
 
     def _check_topic_reset(self, stored: dict[int, int]) -> dict[int, int]:
         """A stored position past the topic's end means the topic was recreated (the

@@ -190,6 +190,73 @@ def test_large_messages_after_small_ones_are_kept_back_not_swallowed(settings):
     ]
 
 
+def _collect_around_a_skip(settings, skip_to: int, total: int) -> tuple[list[int], BatchCollector]:
+    """Collect partition 0 ten one-ping messages at a time; after the first ten, move the
+    consumer's position to ``skip_to`` behind the collector's back, as a fetch that
+    passed messages over does (the dev broker's, fifteenth round). The offsets the
+    batches held, in order."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(consumer_config(settings, settings.group_live))
+    consumer.subscribe([settings.topic_pings])
+    stop = threading.Event()
+    collector = BatchCollector(consumer, 10, 8.0, stop)
+    offsets: list[int] = []
+    started = time.monotonic()
+    try:
+        while len(offsets) < total and time.monotonic() - started < 60:
+            batch = collector.collect()
+            offsets += [m.offset() for m in batch.messages if m.partition() == 0]
+            if len(offsets) == 10:
+                consumer.seek(TopicPartition(settings.topic_pings, 0, skip_to))
+    finally:
+        stop.set()
+        consumer.close()
+    return offsets, collector
+
+
+def test_messages_a_fetch_passed_over_are_fetched_again(settings):
+    """Offsets 10-14 passed over: the collector sees 15 where 10 was due, drops the
+    partition's messages from there, seeks back to 10 and gets every message once, in
+    order. Before, the batches held 0-9 and 15-29: five pings lost by both consumers."""
+    single = PingProducer(settings)
+    try:
+        assert single.send_pings(_partition_0(30)) == 30
+    finally:
+        single.close()
+    offsets, collector = _collect_around_a_skip(settings, skip_to=15, total=30)
+    assert offsets == list(range(30))
+    assert (collector.gaps.refetches, collector.gaps.passed_over) == (1, 0)
+
+
+def test_offsets_that_hold_no_message_are_passed_over_after_a_few_fetches(settings):
+    """A real hole (a transaction marker of another producer, a compacted log; the dev
+    broker has neither, so the fetches are given as messages): offsets 10-19 missing
+    each time the partition is fetched again. Until the hole was seen GAP_SIGHTINGS
+    times over GAP_CONFIRM_S the partition is sought back and its messages dropped; then
+    the collector goes on from 20 instead of stalling there."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from app.kafka_io import GAP_CONFIRM_S, GAP_SIGHTINGS, OffsetGaps
+
+    def fetched(offsets) -> list[Message]:
+        return [Message(topic=settings.topic_pings, partition=0, offset=o) for o in offsets]
+
+    consumer = Consumer(consumer_config(settings, settings.group_live))
+    consumer.assign([TopicPartition(settings.topic_pings, 0, 0)])  # seek needs it
+    gaps = OffsetGaps(consumer)
+    try:
+        assert [m.offset() for m in gaps.check(fetched(range(10)))] == list(range(10))
+        for _ in range(GAP_SIGHTINGS - 1):
+            assert gaps.check(fetched(range(20, 30))) == []
+            time.sleep(GAP_CONFIRM_S / (GAP_SIGHTINGS - 1))
+        kept = gaps.check(fetched(range(20, 30)))
+    finally:
+        consumer.close()
+    assert [m.offset() for m in kept] == list(range(20, 30))
+    assert (gaps.refetches, gaps.passed_over) == (GAP_SIGHTINGS - 1, 1)
+
+
 def test_a_broker_that_does_not_answer_fails_the_request_with_a_503(settings, ingest_headers):
     """Batched messages first ask the broker for the partition count: no answer is a 503
     with Retry-After, as an unacknowledged produce is."""
