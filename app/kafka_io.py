@@ -442,11 +442,10 @@ class OffsetGaps:
     fifteenth round); read again afterwards, the offsets were all there. So a message
     whose offset is past the next one expected in its partition is dropped with the rest
     of that partition's messages in the poll, and the partition is sought back to the
-    expected offset. A hole that is still there
-    after ``GAP_SIGHTINGS`` fetches and ``GAP_CONFIRM_S`` is genuine (a transaction
-    marker from another producer, a compacted or truncated log) and passed over with a
-    warning. ``forget`` after anything that moves the position on purpose (assignment,
-    seek)."""
+    expected offset. A hole that is still there after ``GAP_SIGHTINGS`` fetches and
+    ``GAP_CONFIRM_S`` is genuine (a transaction marker from another producer, a
+    compacted or truncated log) and passed over with a warning. ``forget`` after
+    anything that moves the position on purpose (assignment, seek)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
